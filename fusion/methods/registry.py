@@ -1,0 +1,80 @@
+"""Name → method registry used by ``infer.py``.
+
+A registered method is a function ``fn(fg, bg, mask, **params)`` taking ``(B, C, H, W)`` images and a
+``(B, 1, H, W)`` mask in [0, 1] (``mask`` is ``None`` for methods registered with ``needs_mask=False``, such
+as optimal transport between two images). It returns either the ``(B, C, H, W)`` result, or a
+:class:`MethodOutput` carrying the result plus the extra images, frame sequences and curves the command line
+writes next to it. Methods register themselves when their module is imported (``fusion.methods`` imports them
+all). The user-facing Python functions keep their own natural return types; a method with extra outputs
+registers a small adapter that builds the :class:`MethodOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+Method = Callable[..., "torch.Tensor | MethodOutput"]
+
+
+@dataclass
+class MethodOutput:
+    """What a method hands to the command line besides its result.
+
+    Attributes:
+        result: ``(B, C, H, W)`` main result, written to ``out``.
+        images: extra ``(B, C, H, W)`` images in [0, 1], written as ``<out stem>_<name>.png``.
+        frames: ``(T, B, C, H, W)`` sequences, written as ``<out stem>_<name>.gif`` (animation),
+            ``<out stem>_<name>_strip.png`` (all frames in a row) and ``<out stem>_<name>/NNN.png``.
+        curves: named 1-D sequences (energy, residual, ...), plotted to ``<out stem>_<name>.png`` with their values
+            in ``<out stem>_<name>.csv``; the value is ``{label: values}`` for several curves on one plot.
+    """
+
+    result: torch.Tensor
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+    frames: dict[str, torch.Tensor] = field(default_factory=dict)
+    curves: dict[str, dict[str, torch.Tensor | list[float]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: Method
+    needs_mask: bool = True
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, needs_mask: bool = True) -> Callable[[Method], Method]:
+    """Decorator adding ``fn`` to the registry under ``name``."""
+
+    def deco(fn: Method) -> Method:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"method name {name!r} is registered twice")
+        _REGISTRY[name] = MethodSpec(name, fn, needs_mask)
+        return fn
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    """Sorted names of every registered method."""
+    return sorted(_REGISTRY)
+
+
+def method_spec(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` registered as ``name``; ``ValueError`` naming the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {name!r}; expected one of: {', '.join(available_methods()) or '(none)'}"
+        ) from None
+
+
+def get_method(name: str) -> Method:
+    """The function registered as ``name``; ``ValueError`` naming the known ones otherwise."""
+    return method_spec(name).fn

@@ -1,0 +1,62 @@
+"""Input validation shared by the public entry points (never called inside iteration loops)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_image(x: object, name: str, *, channels: int | None = None) -> torch.Tensor:
+    """Check that ``x`` is a finite ``(B, C, H, W)`` floating-point tensor; return it.
+
+    Raises:
+        TypeError: not a floating-point tensor.
+        ValueError: wrong rank, wrong channel count, empty axes, or NaN/Inf values — the message names ``name``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if min(x.shape) == 0:
+        raise ValueError(f"{name} has an empty axis: shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channel(s), got {x.shape[1]}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return x
+
+
+def check_same_size(**tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless all tensors share H and W (names and sizes listed in the message)."""
+    sizes = {k: tuple(v.shape[-2:]) for k, v in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k} {h}x{w}" for k, (h, w) in sizes.items())
+        raise ValueError(f"image sizes differ: {listed}")
+
+
+def check_batch(**tensors: torch.Tensor) -> int:
+    """Batch sizes must agree, or be 1 (broadcast); return the common batch size."""
+    sizes = {k: v.shape[0] for k, v in tensors.items()}
+    big = {b for b in sizes.values() if b != 1}
+    if len(big) > 1:
+        raise ValueError(f"batch sizes differ: {sizes}")
+    return big.pop() if big else 1
+
+
+def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
+    """A ``(B, 1, H, W)`` finite tensor in [0, 1] with, per sample, some pixel in and some pixel out (> 0.5)."""
+    mask = check_image(mask, name, channels=1)
+    if bool((mask < 0).any()) or bool((mask > 1).any()):
+        raise ValueError(f"{name} values must lie in [0, 1], got range [{mask.min().item():g}, {mask.max().item():g}]")
+    inside = (mask > 0.5).flatten(1)
+    if not bool(inside.any(1).all()):
+        raise ValueError(f"{name} is empty (no pixel > 0.5) in at least one batch sample")
+    if bool(inside.all(1).any()):
+        raise ValueError(f"{name} covers the whole image in at least one batch sample; nothing to blend into")
+    return mask
+
+
+def check_positive(value: float, name: str) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")

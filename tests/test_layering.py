@@ -1,0 +1,127 @@
+"""Architecture checks: package layers import only downwards, and the Makefile wires the venv stamp."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "fusion"
+
+# Rank of each top-level part of the package; a module may import parts of equal or lower rank only.
+# ops → energies → optim → methods/nn → models → pipeline. metrics sits just above ops (usable by everything
+# above it); data sits just below models (usable by models and pipeline only).
+RANK = {
+    "ops": 0,
+    "metrics": 1,
+    "energies": 2,
+    "optim": 3,
+    "methods": 4,
+    "nn": 4,
+    "data": 5,
+    "models": 6,
+    "pipeline": 7,
+}
+# What each part may import from inside the package, beyond itself.
+ALLOWED = {part: {other for other, rank in RANK.items() if rank < RANK[part]} for part in RANK}
+ALLOWED["data"] = {"ops", "metrics"}  # data helpers need no solvers or methods
+ALLOWED["methods"] |= {"nn"}  # methods and nn share a layer
+ALLOWED["nn"] |= {"methods"}
+
+# Frameworks reserved for the upper layers: training (models, plus data modules) and configuration (pipeline).
+FRAMEWORKS = {"lightning", "pytorch_lightning", "hydra", "omegaconf"}
+FRAMEWORK_ALLOWED = {"models": FRAMEWORKS, "pipeline": FRAMEWORKS, "data": {"lightning", "pytorch_lightning"}}
+
+
+def _modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found.append((".".join(parts), path))
+    return found
+
+
+def _imports(module: str, path: Path) -> list[str]:
+    """Absolute names of everything ``path`` imports (relative imports resolved against ``module``)."""
+    is_package = path.name == "__init__.py"
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            names.append(prefix)
+            names += [f"{prefix}.{alias.name}" for alias in node.names if prefix == "fusion"]
+    return names
+
+
+def _part(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "fusion" else None
+
+
+MODULES = _modules()
+
+
+def test_every_module_has_a_layer() -> None:
+    unknown = sorted({_part(m) for m, _ in MODULES if _part(m) is not None and _part(m) not in RANK})
+    assert not unknown, f"fusion.{unknown} not assigned a layer; add it to RANK in tests/test_layering.py"
+
+
+@pytest.mark.parametrize(("module", "path"), MODULES, ids=[m for m, _ in MODULES])
+def test_imports_go_downwards(module: str, path: Path) -> None:
+    part = _part(module)
+    imported = _imports(module, path)
+    if part is None:  # fusion/__init__.py stays light: no subpackage imports at all
+        assert not [n for n in imported if n.startswith("fusion.")], imported
+        return
+    bad = []
+    for name in imported:
+        target = _part(name)
+        if name.split(".")[0] != "fusion" or target is None or target == part:
+            continue
+        if target not in ALLOWED.get(part, set()):
+            bad.append(name)
+    assert not bad, f"{module} imports upward or sideways: {bad}"
+
+
+@pytest.mark.parametrize(("module", "path"), MODULES, ids=[m for m, _ in MODULES])
+def test_frameworks_only_in_upper_layers(module: str, path: Path) -> None:
+    allowed = FRAMEWORK_ALLOWED.get(_part(module) or "", set())
+    used = {name.split(".")[0] for name in _imports(module, path)} & FRAMEWORKS
+    assert used <= allowed, f"{module} imports {sorted(used - allowed)}"
+
+
+def test_import_fusion_is_light() -> None:
+    code = "import sys, fusion; print(fusion.__version__); assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0.1.0"
+
+
+@pytest.mark.parametrize(("target", "command"), [("test", "pytest"), ("demo", "infer.py")])
+def test_makefile_targets_depend_on_venv_stamp(target: str, command: str) -> None:
+    # -B treats every prerequisite as out of date, so the dry run lists the install recipe too.
+    # The environment of an enclosing make (as under `make test`) is dropped so the output is plain.
+    inherited = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"}
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
+    command_line = ["make", "--no-print-directory", "-n", "-B", target]
+    proc = subprocess.run(command_line, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    stamp = next(i for i, line in enumerate(lines) if line.startswith("touch .venv/.installed"))
+    assert any("pip install -e" in line for line in lines[:stamp])
+    run = [i for i, line in enumerate(lines) if line.startswith(".venv/bin/python") and command in line]
+    assert run and run[-1] > stamp, lines  # the target runs after the environment is installed
