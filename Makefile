@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # Blend the built-in sample photographs (datasets/samples) and print where the result went.
 demo: $(STAMP)
-	$(VPY) infer.py
+	$(VPY) infer.py $(ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q

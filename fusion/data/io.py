@@ -118,7 +118,8 @@ def read_image(path: str | os.PathLike[str], *, what: str = "image") -> torch.Te
         ValueError: unreadable file, wrong channel count, values outside [0, 1], NaN or Inf.
 
     Example:
-        >>> img = read_image("datasets/samples/bg.png")  # doctest: +SKIP
+        >>> from fusion.pipeline import SAMPLES_DIR
+        >>> img = read_image(SAMPLES_DIR / "bg.png")
         >>> img.shape, img.dtype
         (torch.Size([1, 3, 256, 320]), torch.float32)
     """
