@@ -1,42 +1,11 @@
 import numpy as np
 import pytest
-import scipy.sparse as sp
-import scipy.sparse.linalg as spl
 import torch
 
 from fusion.methods import get_method, place_source, poisson_blend, poisson_solve_exact
 from fusion.ops import solve_masked_poisson
 from fusion.ops.diff import div, grad
-
-
-def perez_reference(fg, bg, region, mixed=False):
-    """Pérez et al.'s discrete equations (their eq. 7 and 13), assembled with SciPy straight from the pixels."""
-    h, w = region.shape
-    index = -np.ones((h, w), dtype=int)
-    pts = np.argwhere(region)
-    index[region] = np.arange(len(pts))
-    rows, cols, vals = [], [], []
-    b = np.zeros(len(pts))
-    for k, (i, j) in enumerate(pts):
-        degree = 0
-        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            y, x = i + di, j + dj
-            if not (0 <= y < h and 0 <= x < w):
-                continue
-            degree += 1
-            v = fg[i, j] - fg[y, x]
-            if mixed and abs(bg[i, j] - bg[y, x]) > abs(v):
-                v = bg[i, j] - bg[y, x]
-            b[k] += v
-            if region[y, x]:
-                rows.append(k), cols.append(index[y, x]), vals.append(-1.0)
-            else:
-                b[k] += bg[y, x]
-        rows.append(k), cols.append(k), vals.append(float(degree))
-    a = sp.csc_matrix((vals, (rows, cols)), shape=(len(pts), len(pts)))
-    out = bg.copy()
-    out[region] = spl.spsolve(a, b)
-    return out
+from tests.reference import perez_reference
 
 
 @pytest.mark.parametrize("mixed", [False, True])
