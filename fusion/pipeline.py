@@ -1,10 +1,10 @@
 """Entry points behind the command-line scripts: plain functions of a config, callable from tests.
 
-``infer.py`` is a thin ``@hydra.main`` wrapper around :func:`infer`. The command-line error contract lives
-here too: :func:`check_overrides` rejects bad overrides (such as an unknown ``method=``) before Hydra starts,
-and :func:`exit_on_input_error` turns the ``ValueError`` / ``TypeError`` / ``FileNotFoundError`` raised for
-bad input into a single ``error: ...`` line on stderr and exit status 2. Any other exception propagates with
-its traceback.
+``infer.py`` and ``train.py`` are thin ``@hydra.main`` wrappers around :func:`infer` and :func:`train`. The
+command-line error contract lives here too: :func:`check_overrides` rejects bad overrides (such as an unknown
+``method=``) before Hydra starts, and :func:`exit_on_input_error` turns the ``ValueError`` / ``TypeError`` /
+``FileNotFoundError`` raised for bad input into a single ``error: ...`` line on stderr and exit status 2. Any other
+exception propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from fusion.data.io import (
     write_image,
 )
 from fusion.methods import MethodOutput, method_spec, place_source
+from fusion.methods.gaussian_poisson import gaussian_poisson_blend
+from fusion.methods.gpgan import blending_gan_color
+from fusion.methods.registry import register
 
 __all__ = [
     "INPUT_ERRORS",
@@ -38,8 +42,11 @@ __all__ = [
     "check_overrides",
     "exit_on_input_error",
     "infer",
+    "load_checkpoint",
+    "load_generator",
     "resolve_device",
     "run_cli",
+    "train",
 ]
 
 #: Exceptions that mean "bad input" on the command line (one line on stderr, exit status 2).
@@ -354,3 +361,270 @@ def _write_extras(result: Path, output: MethodOutput) -> dict[str, Path]:
         png, csv = write_curves(Path(f"{stem}_{key}.png"), {k: v for k, v in curves.items()})
         written[f"{key}_plot"], written[f"{key}_csv"] = png, csv
     return written
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+def _wandb_offline() -> bool:
+    """Weights & Biases runs offline unless the user has set it up (``WANDB_MODE=online`` or ``WANDB_API_KEY``)."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "dryrun", "disabled"):
+        return True
+    return not (mode in ("online", "run") or os.environ.get("WANDB_API_KEY"))
+
+
+if not OmegaConf.has_resolver("fusion_wandb_offline"):
+    OmegaConf.register_new_resolver("fusion_wandb_offline", _wandb_offline)
+
+
+def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets bad-input errors of the target through unwrapped.
+
+    Hydra wraps every exception raised by a target in ``InstantiationException``; a ``ValueError``,
+    ``TypeError`` or ``FileNotFoundError`` from the target (e.g. a data module rejecting its root) is re-raised
+    as itself, so the command line reports it in one line. Any other failure becomes a ``ValueError`` naming
+    the config node.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, INPUT_ERRORS):
+            raise cause from None
+        raise ValueError(f"cannot build {what}: {_hydra_message(err)}") from err
+    except OmegaConfBaseException as err:
+        raise ValueError(f"cannot build {what}: {_hydra_message(err)}") from None
+
+
+def _build_loggers(logger_cfg: DictConfig | None, output_dir: Path) -> list[Any]:
+    """Every logger of the ``logger`` group; one that cannot start is replaced by a CSV logger in ``output_dir``."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers, failed = [], []
+    for name, node in (logger_cfg or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        try:
+            loggers.append(_instantiate(node, f"logger.{name}"))
+        except Exception as err:  # an optional logger (wandb) must never stop training
+            failed.append(name)
+            print(f"warning: logger {name!r} is unavailable ({_one_line(str(err))}); using CSV", file=sys.stderr)
+    if failed and not any(isinstance(logger, CSVLogger) for logger in loggers):
+        loggers.append(CSVLogger(save_dir=str(output_dir), name="csv"))
+    return loggers
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a Lightning checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a readable checkpoint (truncated, corrupt, or without a ``state_dict``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = _one_line(str(err)).split(". ")[0][:160] or type(err).__name__
+        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {reason})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path} has no state_dict; expected a checkpoint written by train.py")
+    return checkpoint
+
+
+def _checkpoint_dir(callbacks: Sequence[Any], output_dir: Path) -> Path:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath)
+    return output_dir / "checkpoints"
+
+
+def _resume_path(ckpt_path: Any, checkpoint_dir: Path) -> Path | None:
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        path = checkpoint_dir / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last but {path} does not exist; resume in the interrupted run's directory with "
+                "hydra.run.dir=RUN_DIR, or pass ckpt_path=PATH"
+            )
+        return path
+    return Path(to_absolute_path(str(ckpt_path)))
+
+
+def _layout_hint(cfg: DictConfig, key: str) -> str:
+    """``"; <LAYOUT>"`` when ``key`` belongs to a node whose ``_target_`` class documents a ``LAYOUT`` (a data root)."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else None
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return ""
+    try:
+        from hydra.utils import get_class
+
+        layout = getattr(get_class(str(target)), "LAYOUT", None)
+    except Exception:
+        return ""
+    return f"; {key}: {layout}" if isinstance(layout, str) else ""
+
+
+def _save_run_config(cfg: DictConfig, output_dir: Path) -> Path:
+    """The run's config as Hydra saves it (``.hydra/config.yaml``); written here when Hydra did not."""
+    from fusion.data.io import atomic_output
+
+    path = output_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        with atomic_output(path) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg))
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.model`` on ``cfg.data`` with the Lightning Trainer of ``cfg.trainer``; return where things went.
+
+    Generic over models: the data module, the LightningModule, the trainer, every callback of ``cfg.callbacks``
+    and every logger of ``cfg.logger`` are built with ``hydra.utils.instantiate``. ``cfg.seed`` seeds everything;
+    ``cfg.ckpt_path`` resumes (``last``: ``last.ckpt`` of the checkpoint callback's folder, or a path) after the
+    checkpoint has been checked to load with ``weights_only=True``. The config is saved in the run directory
+    (``cfg.paths.output_dir/.hydra/config.yaml``), from which inference rebuilds the model.
+
+    Returns:
+        ``{"run_dir": Path, "config": Path, "last_checkpoint": Path, "best_checkpoint": Path, "global_step":
+        int, "metrics": {name: float}}``; checkpoint entries only when written.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError: bad config or input (turned into ``error: ...`` by the CLI).
+    """
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        hints = "".join(_layout_hint(cfg, key) for key in missing)
+        raise ValueError(f"missing required config value(s): {', '.join(missing)}; set them as KEY=VALUE{hints}")
+    output_dir = Path(to_absolute_path(str(cfg.paths.output_dir)))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and str(ckpt_path) != "last":  # vet an explicit checkpoint before anything is built
+        load_checkpoint(_resume_path(ckpt_path, output_dir))
+
+    import lightning as L
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    callbacks = [
+        _instantiate(node, f"callbacks.{name}")
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if node is not None and "_target_" in node
+    ]
+    resume = _resume_path(ckpt_path, _checkpoint_dir(callbacks, output_dir))
+    step = load_checkpoint(resume).get("global_step", 0) if resume is not None else 0
+    datamodule = _instantiate(cfg.data, "data")
+    model = _instantiate(cfg.model, "model")
+    loggers = _build_loggers(cfg.get("logger"), output_dir)
+    trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    config_path = _save_run_config(cfg, output_dir)
+    if resume is not None:
+        print(f"resuming from {resume} at global step {step}")
+
+    with warnings.catch_warnings():
+        # Lightning notes that mid-epoch checkpoints of manually optimised modules hold the post-step weights,
+        # which is what resuming needs.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+
+    print(f"finished at global step {trainer.global_step}")
+    result: dict[str, Any] = {"run_dir": output_dir, "config": config_path, "global_step": trainer.global_step}
+    checkpoint_callback = getattr(trainer, "checkpoint_callback", None)
+    if checkpoint_callback is not None and not trainer.fast_dev_run and checkpoint_callback.dirpath:
+        last = Path(checkpoint_callback.dirpath) / f"{checkpoint_callback.CHECKPOINT_NAME_LAST}.ckpt"
+        if checkpoint_callback.save_last and trainer.global_step > 0:
+            # a run stopped by max_steps mid-epoch has not saved its final state yet: last.ckpt must hold it
+            if (
+                not last.is_file()
+                or torch.load(last, map_location="cpu", weights_only=True).get("global_step") != trainer.global_step
+            ):
+                trainer.save_checkpoint(last)
+        if last.is_file():
+            result["last_checkpoint"] = last
+        if checkpoint_callback.best_model_path:
+            result["best_checkpoint"] = Path(checkpoint_callback.best_model_path)
+    result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# GP-GAN from a trained checkpoint (registered as method "gpgan")
+# ----------------------------------------------------------------------------------------------------
+def _run_config_for(checkpoint: Path) -> Path:
+    """``.hydra/config.yaml`` of the run that wrote ``checkpoint`` (its folder or up to two levels above)."""
+    for folder in [checkpoint.parent, *list(checkpoint.parents)[1:3]]:
+        candidate = folder / ".hydra" / "config.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no saved run config (.hydra/config.yaml) next to or above checkpoint {checkpoint}; "
+        "use a checkpoint inside the run directory written by train.py"
+    )
+
+
+def load_generator(checkpoint: str | os.PathLike[str], *, key: str = "generator") -> torch.nn.Module:
+    """Rebuild ``model.<key>`` from the run's saved config and load its weights from ``checkpoint`` (eval mode).
+
+    The checkpoint is read with ``weights_only=True``; only the network is built (no Lightning, no critic).
+
+    Raises:
+        FileNotFoundError: missing checkpoint or run config.
+        ValueError: corrupt checkpoint, or weights that do not fit the configured network.
+    """
+    path = Path(to_absolute_path(str(checkpoint)))
+    checkpoint_data = load_checkpoint(path)
+    config_path = _run_config_for(path)
+    run_cfg = OmegaConf.load(config_path)
+    node = OmegaConf.select(run_cfg, f"model.{key}")
+    if node is None:
+        raise ValueError(f"the run config {config_path} has no model.{key}; was it written by a GP-GAN run?")
+    network = _instantiate(node, f"model.{key}")
+    prefix = f"{key}."
+    state = {k[len(prefix) :]: v for k, v in checkpoint_data["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"checkpoint {path} holds no {key} weights (no '{prefix}*' entries)")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not fit model.{key} of {config_path}: {_one_line(str(err))[:200]}")
+    return network.eval()
+
+
+@register("gpgan")
+def _gpgan_method(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ckpt: str | None = None,
+    beta: float = 1.0,
+    sigma: float = 0.5,
+    levels: int | None = None,
+) -> MethodOutput:
+    """``infer.py method=gpgan ckpt=PATH``: :func:`fusion.methods.gpgan.gpgan_blend` with a trained generator.
+
+    Also writes the Blending GAN's own low-resolution blend as ``<out>_blending_gan.png``.
+    """
+    if ckpt is None:
+        raise ValueError("method=gpgan needs ckpt=PATH, a checkpoint written by train.py (.../checkpoints/last.ckpt)")
+    generator = load_generator(ckpt).to(fg.device)
+    channels = getattr(generator, "in_channels", fg.shape[1])
+    if fg.shape[1] != channels:
+        raise ValueError(f"the inputs have {fg.shape[1]} channel(s) but the generator of {ckpt} expects {channels}")
+    color = blending_gan_color(fg, bg, mask, generator=generator, levels=levels)
+    result = gaussian_poisson_blend(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels)
+    return MethodOutput(result=result, images={"blending_gan": color.clamp(0, 1)})

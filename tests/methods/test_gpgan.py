@@ -1,0 +1,151 @@
+"""GP-GAN blending (Algorithm 1): the Blending GAN's colour carried up the Gaussian–Poisson pyramid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as nd
+import torch
+from skimage import data as skdata
+from skimage.transform import resize as sk_resize
+from torch import nn
+
+from fusion.methods.gaussian_poisson import gaussian_poisson_blend
+from fusion.methods.gpgan import blending_gan_color, gpgan_blend
+from fusion.nn.gpgan import BlendingGenerator
+from fusion.ops.filters import gaussian_pyramid, pyramid_sizes, resize
+
+
+class Recorder(nn.Module):
+    """A stand-in generator: records its input and returns ``a·x + b``."""
+
+    def __init__(self, size: int, a: float = 1.0, b: float = 0.0) -> None:
+        super().__init__()
+        self.image_size, self.a, self.b = size, a, b
+        self.scale = nn.Parameter(torch.ones(()))  # gives the module a dtype/device
+        self.seen: list[torch.Size] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.shape)
+        return self.scale * (self.a * x + self.b)
+
+
+def _dense_eq9(fg, bg, mask, color, beta, sigma):
+    """Least squares of ‖u − L x‖² + β‖G x − x̃‖² for one channel, L and G assembled as dense matrices."""
+    h, w = fg.shape
+    n = h * w
+    lap = np.zeros((n, n))
+    for i in range(h):
+        for j in range(w):
+            for y, x in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if 0 <= y < h and 0 <= x < w:
+                    lap[i * w + j, i * w + j] -= 1
+                    lap[i * w + j, y * w + x] += 1
+    eye = np.eye(n)
+    blur = np.stack([nd.gaussian_filter(eye[k].reshape(h, w), sigma, mode="reflect").ravel() for k in range(n)], 1)
+    vy, vx = np.zeros((h, w)), np.zeros((h, w))
+    for img, wgt in ((fg, mask), (bg, 1 - mask)):
+        vy[:-1] += wgt[:-1] * (img[1:] - img[:-1])
+        vx[:, :-1] += wgt[:, :-1] * (img[:, 1:] - img[:, :-1])
+    u = vy + vx
+    u[1:] -= vy[:-1]
+    u[:, 1:] -= vx[:, :-1]
+    a = np.vstack([lap, np.sqrt(beta) * blur])
+    b = np.concatenate([u.ravel(), np.sqrt(beta) * color.ravel()])
+    return np.linalg.lstsq(a, b, rcond=None)[0].reshape(h, w)
+
+
+def _inputs(h, w, gen, dtype=torch.float64):
+    fg = torch.rand(1, 3, h, w, generator=gen, dtype=dtype)
+    bg = torch.rand(1, 3, h, w, generator=gen, dtype=dtype)
+    mask = torch.zeros(1, 1, h, w, dtype=dtype)
+    mask[..., h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+    return fg, bg, mask
+
+
+def test_single_level_matches_dense_least_squares(gen: torch.Generator) -> None:
+    fg, bg, mask = _inputs(10, 14, gen)
+    g = Recorder(8, a=0.5, b=0.2).double()
+    with torch.no_grad():
+        out = gpgan_blend(fg, bg, mask, generator=g, levels=1, beta=0.7, sigma=0.8)
+    # independent colour: composite → 8×8 → generator → back to 10×14
+    color = resize(0.5 * resize(mask * fg + (1 - mask) * bg, (8, 8)) + 0.2, (10, 14))
+    for c in range(3):
+        ref = _dense_eq9(fg[0, c].numpy(), bg[0, c].numpy(), mask[0, 0].numpy(), color[0, c].numpy(), 0.7, 0.8)
+        np.testing.assert_allclose(out[0, c].numpy(), ref, atol=1e-8)
+    assert g.seen == [torch.Size([1, 3, 8, 8])]
+
+
+def test_generator_sees_a_square_for_any_aspect_ratio(gen: torch.Generator) -> None:
+    fg, bg, mask = _inputs(60, 200, gen, torch.float32)
+    g = Recorder(64)
+    out = gpgan_blend(fg, bg, mask, generator=g)
+    assert g.seen == [torch.Size([1, 3, 64, 64])]
+    assert out.shape == fg.shape and out.dtype == torch.float32
+    expected = gaussian_poisson_blend(fg, bg, mask, color=blending_gan_color(fg, bg, mask, generator=g))
+    torch.testing.assert_close(out, expected)
+    # the generator's input is the composite's coarsest pyramid level (here 2 levels: 30×100), made square
+    composite = mask * fg + (1 - mask) * bg
+    coarse = gaussian_pyramid(composite, pyramid_sizes(60, 200, 2))[-1]
+    assert coarse.shape[-2:] == (30, 100)
+    g.seen.clear()
+    color = blending_gan_color(fg, bg, mask, generator=g, levels=2)
+    torch.testing.assert_close(color, resize(coarse, (64, 64)))
+
+
+@pytest.mark.parametrize("shape", [(96, 96), (70, 230), (257, 129)])
+def test_constant_colour_sets_the_mean(shape, gen: torch.Generator) -> None:
+    # The DC coefficient of eq. (9) is fixed by the colour term alone (the Laplacian has no DC): a generator that
+    # outputs a constant colour c therefore fixes the mean of the result at every level, whatever the gradients
+    # (up to the resampling between levels, which keeps the mean only approximately for odd sizes).
+    fg, bg, mask = _inputs(*shape, gen)
+    c = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    g = Recorder(32, a=0.0, b=0.0).double()
+    g.b = c.view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = gpgan_blend(fg, bg, mask, generator=g)
+    torch.testing.assert_close(out.mean((0, 2, 3)), c, atol=1e-4, rtol=0)
+    assert float((fg * mask + bg * (1 - mask)).mean((0, 2, 3)).sub(c).abs().max()) > 0.1  # not true by chance
+
+
+def test_real_photographs_with_a_blending_generator(dtype, device) -> None:
+    fg = torch.from_numpy(sk_resize(skdata.astronaut(), (120, 180), anti_aliasing=True)).permute(2, 0, 1)[None]
+    bg = torch.from_numpy(sk_resize(skdata.coffee(), (120, 180), anti_aliasing=True)).permute(2, 0, 1)[None]
+    fg, bg = fg.to(device, dtype), bg.to(device, dtype)
+    mask = torch.zeros(1, 1, 120, 180, dtype=dtype, device=device)
+    mask[..., 20:100, 50:130] = 1
+    g = BlendingGenerator(32, encoder_channels=8, decoder_channels=8, bottleneck=16).to(device).eval()
+    with torch.no_grad():
+        out = gpgan_blend(fg, bg, mask, generator=g)
+    assert out.shape == bg.shape and out.dtype == dtype and out.device == fg.device
+    assert bool(torch.isfinite(out).all())
+    # far from the mask, the result keeps the destination's details: its gradients correlate with bg's
+    gy_out, gy_bg = out[..., 100:, :].diff(dim=-2), bg[..., 100:, :].diff(dim=-2)
+    corr = torch.nn.functional.cosine_similarity(gy_out.flatten(), gy_bg.flatten(), dim=0)
+    assert float(corr) > 0.9
+
+
+def test_batch_and_gradients(gen: torch.Generator) -> None:
+    fg, bg, mask = _inputs(24, 40, gen)
+    fg = fg.expand(2, -1, -1, -1).clone().requires_grad_(True)
+    g = Recorder(16).double()
+    out = gpgan_blend(fg, bg, mask, generator=g)
+    out.sum().backward()
+    assert out.shape == (2, 3, 24, 40) and fg.grad is not None and g.scale.grad is not None
+
+
+def test_errors(gen: torch.Generator) -> None:
+    fg, bg, mask = _inputs(16, 16, gen)
+    with pytest.raises(TypeError, match="nn.Module"):
+        gpgan_blend(fg, bg, mask, generator=lambda x: x)
+
+    class Wrong(Recorder):
+        def forward(self, x):
+            return x[..., :4, :4]
+
+    with pytest.raises(ValueError, match="generator returned"):
+        gpgan_blend(fg, bg, mask, generator=Wrong(8).double())
+    with pytest.raises(ValueError, match="size"):
+        gpgan_blend(fg, bg, mask, generator=nn.Identity())
+    with pytest.raises(ValueError, match="channels"):
+        gpgan_blend(fg[:, :1], bg[:, :1], mask, generator=BlendingGenerator(16, bottleneck=8))
