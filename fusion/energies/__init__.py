@@ -1,5 +1,13 @@
 """Energies as plain functions of tensors, returning one value per batch sample."""
 
 from fusion.energies.poisson import gaussian_poisson_energy, poisson_energy, region_edges
+from fusion.energies.transport import kinetic_energy, prox_kinetic, transport_cost
 
-__all__ = ["gaussian_poisson_energy", "poisson_energy", "region_edges"]
+__all__ = [
+    "gaussian_poisson_energy",
+    "kinetic_energy",
+    "poisson_energy",
+    "prox_kinetic",
+    "region_edges",
+    "transport_cost",
+]

@@ -6,7 +6,16 @@ Importing this package imports every method module in it, so each registers itse
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from fusion.methods.deep_blend import (
+    STAGE1_DEFAULTS,
+    STAGE2_DEFAULTS,
+    StageConfig,
+    deep_blend_solve,
+    deep_image_blend,
+)
 from fusion.methods.gaussian_poisson import gaussian_poisson_blend, gaussian_poisson_solve
+from fusion.methods.gpgan import blending_gan_color, gpgan_blend
+from fusion.methods.ot import OTResult, ot_interpolate
 from fusion.methods.poisson import (
     guidance_field,
     place_source,
@@ -27,7 +36,16 @@ for _module in _pkgutil.iter_modules(__path__):
     _importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "STAGE1_DEFAULTS",
+    "STAGE2_DEFAULTS",
     "MethodOutput",
+    "OTResult",
+    "StageConfig",
+    "blending_gan_color",
+    "deep_blend_solve",
+    "deep_image_blend",
+    "gpgan_blend",
+    "ot_interpolate",
     "MethodSpec",
     "available_methods",
     "gaussian_poisson_blend",

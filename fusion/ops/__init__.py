@@ -20,12 +20,16 @@ from fusion.ops.poisson import (
     spectral_inverse,
 )
 from fusion.ops.result import SolverResult
+from fusion.ops.staggered import Centred, Staggered, StaggeredGrid
 from fusion.ops.transforms import dct, dst1, idct
 
 __all__ = [
     "BOUNDARY_CONDITIONS",
     "BoundaryCondition",
+    "Centred",
     "SolverResult",
+    "Staggered",
+    "StaggeredGrid",
     "backward_diff",
     "conjugate_gradient",
     "dct",

@@ -2,5 +2,6 @@
 
 from fusion.ops.result import SolverResult
 from fusion.optim.ipiano import ipiano
+from fusion.optim.ot_primal_dual import ot_primal_dual
 
-__all__ = ["SolverResult", "ipiano"]
+__all__ = ["SolverResult", "ipiano", "ot_primal_dual"]

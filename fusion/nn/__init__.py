@@ -1,0 +1,32 @@
+"""Networks and perceptual losses: GP-GAN's Blending GAN, the VGG16 feature extractor and the losses of Deep
+Image Blending."""
+
+from fusion.nn.gpgan import BlendingCritic, BlendingGenerator
+from fusion.nn.losses import (
+    ContentLoss,
+    HistogramLoss,
+    PoissonGradientLoss,
+    StyleLoss,
+    TVLoss,
+    gram_matrix,
+    match_histograms,
+    sorted_features,
+)
+from fusion.nn.vgg import VGG16_LAYERS, VGG16Features, default_vgg16_path, load_vgg16_state_dict
+
+__all__ = [
+    "BlendingCritic",
+    "BlendingGenerator",
+    "ContentLoss",
+    "HistogramLoss",
+    "PoissonGradientLoss",
+    "StyleLoss",
+    "TVLoss",
+    "VGG16Features",
+    "VGG16_LAYERS",
+    "default_vgg16_path",
+    "gram_matrix",
+    "load_vgg16_state_dict",
+    "match_histograms",
+    "sorted_features",
+]
