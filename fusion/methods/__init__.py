@@ -15,6 +15,7 @@ from fusion.methods.deep_blend import (
 )
 from fusion.methods.gaussian_poisson import gaussian_poisson_blend, gaussian_poisson_solve
 from fusion.methods.gpgan import blending_gan_color, gpgan_blend
+from fusion.methods.osmosis import alpha_map, linear_osmosis, osmosis_filter_fusion, osmosis_fusion
 from fusion.methods.ot import OTResult, ot_interpolate
 from fusion.methods.poisson import (
     guidance_field,
@@ -45,13 +46,17 @@ __all__ = [
     "deep_blend_solve",
     "deep_image_blend",
     "gpgan_blend",
+    "osmosis_filter_fusion",
+    "osmosis_fusion",
     "ot_interpolate",
     "MethodSpec",
+    "alpha_map",
     "available_methods",
     "gaussian_poisson_blend",
     "gaussian_poisson_solve",
     "get_method",
     "guidance_field",
+    "linear_osmosis",
     "method_spec",
     "place_source",
     "poisson_blend",

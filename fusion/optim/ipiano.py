@@ -117,6 +117,9 @@ def ipiano(
     batch = xs[0].shape[0]
     dev, real = xs[0].device, xs[0].dtype
     lips = [torch.full((batch,), v, device=dev, dtype=real) for v in l0]
+    # Relative rounding allowance in the descent test: 1e-12 in float64; in float32 a few ulps, since energies
+    # summed over a large image cannot resolve finer differences and the test would otherwise backtrack forever.
+    rounding = max(1e-12, 4 * torch.finfo(real).eps)
     identity: Prox = lambda z, step: z  # noqa: E731
     proxes = [p if p is not None else identity for p in proxes]
 
@@ -150,7 +153,7 @@ def ipiano(
                     swapped = xs[:i] + [trial[i]] + xs[i + 1 :]
                     bound = e0 + _bsum(grads[i] * d) + 0.5 * lips[i] * _bsum(d * d)
                     lhs = energy(*swapped)
-                    slack = 1e-12 * bound.abs().clamp_min(1.0)  # rounding tolerance
+                    slack = rounding * bound.abs().clamp_min(1.0)  # rounding tolerance of the energy values
                     ok = torch.isfinite(lhs) & (lhs <= bound + slack)
                     lips[i] = torch.where(pending & ~ok, lips[i] * lipschitz_growth, lips[i])
                     ok_all &= ok

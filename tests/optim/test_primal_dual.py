@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+
+from fusion.energies.osmosis import huber_tv
+from fusion.optim.primal_dual import chambolle_pock, huber_tv_dual_prox, huber_tv_gap, prox_huber_tv
+
+
+def _reference_prox(z: torch.Tensor, step: float, eta: float, eps: float) -> np.ndarray:
+    """Minimise the smooth strongly convex Huber-TV prox objective with SciPy's L-BFGS (float64)."""
+    import scipy.optimize as so
+
+    def fun(x):
+        p = torch.tensor(x, dtype=torch.float64).view_as(z).requires_grad_(True)
+        e = (eta * huber_tv(p, eps) + ((p - z) ** 2).flatten(1).sum(1) / (2 * step)).sum()
+        (g,) = torch.autograd.grad(e, p)
+        return e.item(), g.numpy().ravel()
+
+    res = so.minimize(
+        fun, z.numpy().ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 50000, "ftol": 1e-16, "gtol": 1e-12}
+    )
+    return res.x.reshape(z.shape)
+
+
+@pytest.mark.parametrize("step,eta", [(0.5, 0.3), (0.02, 0.5), (2.0, 1.0)])
+def test_huber_tv_prox_gap_to_zero_and_matches_reference(step, eta, gen):
+    z = torch.rand(2, 2, 9, 11, generator=gen, dtype=torch.float64)
+    res = prox_huber_tv(z, step, eta=eta, epsilon=0.05, tol=1e-12, max_iter=20000, check_every=1)
+    assert res.all_converged
+    gaps = res.history[:, 0]
+    assert gaps[-1] < 1e-12 and gaps[0] > 1e-6  # the gap went from large to ~0
+    primal, dual, rel = huber_tv_gap(
+        res.solution, res.info["dual"], z, torch.full((2,), step, dtype=torch.float64), eta, 0.05
+    )
+    assert bool((primal - dual >= -1e-9).all())  # weak duality
+    ref = _reference_prox(z, step, eta, 0.05)
+    np.testing.assert_allclose(res.solution.numpy(), ref, atol=5e-6)
+
+
+def test_huber_tv_prox_known_step_solution():
+    """Rows of a step edge of height J with k columns per side. At the optimum the dual is saturated (= η) on
+    the jump edge and quadratic (η/ε ∇p) inside each side, which leaves a k×k linear system per side; its
+    solution (with the regime checked afterwards) is the exact prox."""
+    k, jump, step, eta, eps = 4, 1.0, 0.4, 0.5, 0.05
+    z = torch.zeros(1, 1, 3, 2 * k, dtype=torch.float64)
+    z[..., k:] = jump
+    res = prox_huber_tv(z, step, eta=eta, epsilon=eps, tol=1e-13, max_iter=20000, check_every=1)
+    # left side, nodes 0..k-1: p_i/ζ = y_i − y_{i−1}, y_{−1} = 0, y_{k−1} = η, y_j = (η/ε)(p_{j+1} − p_j)
+    a = np.zeros((k, k))
+    rhs = np.zeros(k)
+    c = eta / eps
+    for i in range(k):
+        a[i, i] += 1 / step
+        if i < k - 1:  # − y_i
+            a[i, i + 1] -= c
+            a[i, i] += c
+        else:
+            rhs[i] += eta
+        if i > 0:  # + y_{i−1}
+            a[i, i] += c
+            a[i, i - 1] -= c
+    left = np.linalg.solve(a, rhs)
+    assert np.abs(np.diff(left)).max() <= eps and jump - 2 * left[-1] > eps  # the assumed regimes hold
+    expected = np.concatenate([left, jump - left[::-1]])
+    np.testing.assert_allclose(res.solution[0, 0].numpy(), np.tile(expected, (3, 1)), atol=1e-6)
+
+
+def test_constant_image_is_fixed_and_batches_are_independent(gen):
+    z = torch.rand(3, 3, 6, 7, generator=gen, dtype=torch.float64)
+    z[1] = 0.42
+    steps = torch.tensor([0.1, 1.0, 3.0], dtype=torch.float64)
+    res = prox_huber_tv(z, steps, eta=0.7, tol=1e-12, max_iter=20000)
+    torch.testing.assert_close(res.solution[1], z[1], atol=1e-10, rtol=0)
+    for i in (0, 2):
+        single = prox_huber_tv(z[i : i + 1], float(steps[i]), eta=0.7, tol=1e-12, max_iter=20000)
+        torch.testing.assert_close(res.solution[i], single.solution[0], atol=1e-8, rtol=0)
+
+
+def test_dual_prox_scales_then_projects(gen):
+    y = torch.randn(2, 1, 2, 5, 5, generator=gen, dtype=torch.float64) * 3
+    sigma = torch.full((2, 1, 1, 1, 1), 0.7, dtype=torch.float64)
+    out = huber_tv_dual_prox(y, sigma, 0.5, 0.05)
+    norms = out.norm(dim=2)
+    assert norms.max() <= 0.5 + 1e-12
+    # brute force: minimise ε/(2η)|x|² + |x − y|²/(2σ) over the disc by a fine polar grid at one pixel
+    yy = y[0, 0, :, 2, 2].numpy()
+    r = np.linspace(0, 0.5, 2001)[:, None]
+    th = np.linspace(0, 2 * np.pi, 4001)[None, :]
+    xs = np.stack([r * np.cos(th), r * np.sin(th)], -1)
+    obj = 0.05 / (2 * 0.5) * (xs**2).sum(-1) + ((xs - yy) ** 2).sum(-1) / (2 * 0.7)
+    best = xs.reshape(-1, 2)[obj.argmin()]
+    np.testing.assert_allclose(out[0, 0, :, 2, 2].numpy(), best, atol=1e-3)
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_generic_chambolle_pock_l1_denoising_closed_form(accelerated, gen):
+    """min_x ½‖x − z‖² + λ‖x‖₁: soft thresholding, with K = I (Algorithm 1 and the accelerated Algorithm 2)."""
+    z = torch.randn(4, 30, generator=gen, dtype=torch.float64)
+    lam = 0.4
+    tol = 1e-8 if accelerated else 1e-12  # the O(1/N²) rule is slow on this easy problem
+    res = chambolle_pock(
+        lambda x: x,
+        lambda y: y,
+        lambda x, t: (x + t * z) / (1 + t),
+        lambda y, s: y.clamp(-lam, lam),
+        torch.zeros_like(z),
+        torch.zeros_like(z),
+        op_norm=1.0,
+        strong_convexity=1.0 if accelerated else 0.0,
+        gap=lambda x, y: (0.5 * ((x - z) ** 2).sum(1) + lam * x.abs().sum(1)) - ((z * y).sum(1) - 0.5 * (y * y).sum(1)),
+        max_iter=20000,
+        tol=tol,
+    )
+    assert res.all_converged
+    expected = torch.sign(z) * (z.abs() - lam).clamp_min(0)
+    # the primal is 1-strongly convex, so ‖x − x*‖² ≤ 2 · gap
+    torch.testing.assert_close(res.solution, expected, atol=(2 * tol) ** 0.5, rtol=0)
+    assert res.history.shape == (res.iterations + 1, 4)
+
+
+def test_rejects_bad_parameters():
+    z = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="eta"):
+        prox_huber_tv(z, 0.1, eta=0.0)
+    with pytest.raises(ValueError, match="step"):
+        prox_huber_tv(z, -1.0, eta=0.5)
