@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.ndimage as nd
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
@@ -57,3 +58,30 @@ def perez_guidance_sum(fg: np.ndarray, bg: np.ndarray, mixed: bool = False) -> n
 def perez_reference(fg: np.ndarray, bg: np.ndarray, region: np.ndarray, mixed: bool = False) -> np.ndarray:
     """Pérez et al.'s discrete seamless-cloning equations (their eq. 7), solved directly, for one channel."""
     return masked_poisson(perez_guidance_sum(fg, bg, mixed), bg, region)
+
+
+def gaussian_poisson_dense(fg, bg, mask, color, beta, sigma):
+    """Least squares of GP-GAN's eq. (9), ‖u − L x‖² + β‖G x − x̃‖², for one channel, with L, G and u assembled
+    pixel by pixel: L the mirror-boundary Laplacian, G ``scipy.ndimage.gaussian_filter`` (mode reflect) applied to
+    unit vectors, u the divergence of v = ∇fg where mask = 1 else ∇bg (eq. 8, forward differences)."""
+    h, w = fg.shape
+    n = h * w
+    lap = np.zeros((n, n))
+    for i in range(h):
+        for j in range(w):
+            for y, x in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
+                if 0 <= y < h and 0 <= x < w:  # mirror boundary: missing neighbours drop out
+                    lap[i * w + j, i * w + j] -= 1
+                    lap[i * w + j, y * w + x] += 1
+    eye = np.eye(n)
+    blur = np.stack([nd.gaussian_filter(eye[k].reshape(h, w), sigma, mode="reflect").ravel() for k in range(n)], 1)
+    vy, vx = np.zeros((h, w)), np.zeros((h, w))
+    for img, wgt in ((fg, mask), (bg, 1 - mask)):
+        vy[:-1] += wgt[:-1] * (img[1:] - img[:-1])
+        vx[:, :-1] += wgt[:, :-1] * (img[:, 1:] - img[:, :-1])
+    u = vy + vx
+    u[1:] -= vy[:-1]
+    u[:, 1:] -= vx[:, :-1]
+    a = np.vstack([lap, np.sqrt(beta) * blur])
+    b = np.concatenate([u.ravel(), np.sqrt(beta) * color.ravel()])
+    return np.linalg.lstsq(a, b, rcond=None)[0].reshape(h, w)

@@ -1,39 +1,10 @@
 import numpy as np
 import pytest
-import scipy.ndimage as nd
 import torch
 
 from fusion.methods import gaussian_poisson_blend, gaussian_poisson_solve, get_method
 from fusion.methods.gaussian_poisson import default_levels
-
-
-def _dense_eq9(fg, bg, mask, color, beta, sigma):
-    """Least-squares solve of ‖u − L x‖² + β‖G x − x̃‖² with L, G and u assembled pixel by pixel."""
-    h, w = fg.shape
-    n = h * w
-    lap = np.zeros((n, n))
-    for i in range(h):
-        for j in range(w):
-            k = i * w + j
-            for y, x in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
-                if 0 <= y < h and 0 <= x < w:  # mirror boundary: missing neighbours drop out
-                    lap[k, k] -= 1
-                    lap[k, y * w + x] += 1
-    eye = np.eye(n)
-    blur = np.stack([nd.gaussian_filter(eye[k].reshape(h, w), sigma, mode="reflect").ravel() for k in range(n)], 1)
-    # v = ∇fg where mask = 1 else ∇bg (eq. 8), forward differences; u = div v (adjoint of -∇)
-    vy, vx = np.zeros((h, w)), np.zeros((h, w))
-    for img, wgt in ((fg, mask), (bg, 1 - mask)):
-        vy[:-1] += wgt[:-1] * (img[1:] - img[:-1])
-        vx[:, :-1] += wgt[:, :-1] * (img[:, 1:] - img[:, :-1])
-    u = np.zeros((h, w))
-    u += vy
-    u[1:] -= vy[:-1]
-    u += vx
-    u[:, 1:] -= vx[:, :-1]
-    a = np.vstack([lap, np.sqrt(beta) * blur])
-    b = np.concatenate([u.ravel(), np.sqrt(beta) * color.ravel()])
-    return np.linalg.lstsq(a, b, rcond=None)[0].reshape(h, w)
+from tests.reference import gaussian_poisson_dense
 
 
 @pytest.mark.parametrize("beta, sigma", [(1.0, 0.5), (0.3, 1.2)])
@@ -42,7 +13,9 @@ def test_closed_form_matches_dense_least_squares(beta, sigma, gen):
     fg, bg, color = (torch.rand(1, 1, h, w, generator=gen, dtype=torch.float64) for _ in range(3))
     mask = (torch.rand(1, 1, h, w, generator=gen) > 0.5).double()
     got = gaussian_poisson_solve(fg, bg, mask, color, beta=beta, sigma=sigma)
-    ref = _dense_eq9(fg[0, 0].numpy(), bg[0, 0].numpy(), mask[0, 0].numpy(), color[0, 0].numpy(), beta, sigma)
+    ref = gaussian_poisson_dense(
+        fg[0, 0].numpy(), bg[0, 0].numpy(), mask[0, 0].numpy(), color[0, 0].numpy(), beta, sigma
+    )
     assert np.abs(got[0, 0].numpy() - ref).max() / np.abs(ref).max() < 1e-10
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.ndimage as nd
 import torch
 from skimage import data as skdata
 from skimage.transform import resize as sk_resize
@@ -14,6 +13,7 @@ from fusion.methods.gaussian_poisson import gaussian_poisson_blend
 from fusion.methods.gpgan import blending_gan_color, gpgan_blend
 from fusion.nn.gpgan import BlendingGenerator
 from fusion.ops.filters import gaussian_pyramid, pyramid_sizes, resize
+from tests.reference import gaussian_poisson_dense
 
 
 class Recorder(nn.Module):
@@ -28,31 +28,6 @@ class Recorder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.seen.append(x.shape)
         return self.scale * (self.a * x + self.b)
-
-
-def _dense_eq9(fg, bg, mask, color, beta, sigma):
-    """Least squares of ‖u − L x‖² + β‖G x − x̃‖² for one channel, L and G assembled as dense matrices."""
-    h, w = fg.shape
-    n = h * w
-    lap = np.zeros((n, n))
-    for i in range(h):
-        for j in range(w):
-            for y, x in ((i + 1, j), (i - 1, j), (i, j + 1), (i, j - 1)):
-                if 0 <= y < h and 0 <= x < w:
-                    lap[i * w + j, i * w + j] -= 1
-                    lap[i * w + j, y * w + x] += 1
-    eye = np.eye(n)
-    blur = np.stack([nd.gaussian_filter(eye[k].reshape(h, w), sigma, mode="reflect").ravel() for k in range(n)], 1)
-    vy, vx = np.zeros((h, w)), np.zeros((h, w))
-    for img, wgt in ((fg, mask), (bg, 1 - mask)):
-        vy[:-1] += wgt[:-1] * (img[1:] - img[:-1])
-        vx[:, :-1] += wgt[:, :-1] * (img[:, 1:] - img[:, :-1])
-    u = vy + vx
-    u[1:] -= vy[:-1]
-    u[:, 1:] -= vx[:, :-1]
-    a = np.vstack([lap, np.sqrt(beta) * blur])
-    b = np.concatenate([u.ravel(), np.sqrt(beta) * color.ravel()])
-    return np.linalg.lstsq(a, b, rcond=None)[0].reshape(h, w)
 
 
 def _inputs(h, w, gen, dtype=torch.float64):
@@ -71,7 +46,9 @@ def test_single_level_matches_dense_least_squares(gen: torch.Generator) -> None:
     # independent colour: composite → 8×8 → generator → back to 10×14
     color = resize(0.5 * resize(mask * fg + (1 - mask) * bg, (8, 8)) + 0.2, (10, 14))
     for c in range(3):
-        ref = _dense_eq9(fg[0, c].numpy(), bg[0, c].numpy(), mask[0, 0].numpy(), color[0, c].numpy(), 0.7, 0.8)
+        ref = gaussian_poisson_dense(
+            fg[0, c].numpy(), bg[0, c].numpy(), mask[0, 0].numpy(), color[0, c].numpy(), 0.7, 0.8
+        )
         np.testing.assert_allclose(out[0, c].numpy(), ref, atol=1e-8)
     assert g.seen == [torch.Size([1, 3, 8, 8])]
 
