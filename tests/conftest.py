@@ -35,3 +35,12 @@ def gen() -> torch.Generator:
 def tol_for(dtype: torch.dtype) -> float:
     """Absolute tolerance for O(1) values computed through a few transforms."""
     return 1e-4 if dtype == torch.float32 else 1e-10
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch thread: for many tiny tensor operations extra threads only contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

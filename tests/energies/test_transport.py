@@ -11,14 +11,7 @@ from scipy.optimize import minimize
 
 from fusion.energies.transport import cubic_largest_root, kinetic_energy, prox_kinetic, transport_cost
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The dense reference computations here are tiny; extra threads only contend on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cases(gen, n=200):

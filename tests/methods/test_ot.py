@@ -11,13 +11,7 @@ from fusion.methods.ot import OTResult, ot, ot_interpolate
 from fusion.methods.registry import MethodOutput, method_spec
 from fusion.ops.filters import resize
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _grid(n, dtype=torch.float64):

@@ -32,13 +32,7 @@ GRIDS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The dense reference computations here are tiny; extra threads only contend on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random(grid, batch, dtype, device, gen):
