@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "fusion"
 
 # Rank of each top-level part of the package; a module may import parts of equal or lower rank only.
-# ops → energies → optim → methods/nn → models → pipeline. metrics sits just above ops (usable by everything
-# above it); data sits just below models (usable by models and pipeline only).
+# ops → energies → optim → methods/nn → models → pipeline → evaluate (the evaluation command). metrics sits just
+# above ops (usable by everything above it); data sits just below models (usable by models and pipeline only).
 RANK = {
     "ops": 0,
     "metrics": 1,
@@ -26,6 +26,7 @@ RANK = {
     "data": 5,
     "models": 6,
     "pipeline": 7,
+    "evaluate": 8,  # the evaluation command sits on top of the pipeline
 }
 # What each part may import from inside the package, beyond itself.
 ALLOWED = {part: {other for other, rank in RANK.items() if rank < RANK[part]} for part in RANK}
@@ -35,7 +36,12 @@ ALLOWED["nn"] |= {"methods"}
 
 # Frameworks reserved for the upper layers: training (models, plus data modules) and configuration (pipeline).
 FRAMEWORKS = {"lightning", "pytorch_lightning", "hydra", "omegaconf"}
-FRAMEWORK_ALLOWED = {"models": FRAMEWORKS, "pipeline": FRAMEWORKS, "data": {"lightning", "pytorch_lightning"}}
+FRAMEWORK_ALLOWED = {
+    "models": FRAMEWORKS,
+    "pipeline": FRAMEWORKS,
+    "evaluate": FRAMEWORKS,
+    "data": {"lightning", "pytorch_lightning"},
+}
 
 
 def _modules() -> list[tuple[str, Path]]:

@@ -22,7 +22,7 @@ from fusion.pipeline import load_generator, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("gpgan*.yaml"))  # FusionVAE: test_train_fusionvae.py
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 MAX_STEPS = 20

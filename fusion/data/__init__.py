@@ -1,5 +1,7 @@
-"""Data loading: image and mask IO helpers (datasets and data modules live here too)."""
+"""Data loading: image and mask IO helpers, the Transient Attributes pairs (GP-GAN) and the FusionVAE data sets
+(FusionMNIST, FusionCelebA, FusionT-LESS, FusionDigits) with their data module."""
 
+from fusion.data.fusion_sets import FusionCelebA, FusionDataModule, FusionDigits, FusionMNIST, FusionTLESS
 from fusion.data.io import (
     atomic_output,
     read_image,
@@ -11,6 +13,11 @@ from fusion.data.io import (
 )
 
 __all__ = [
+    "FusionCelebA",
+    "FusionDataModule",
+    "FusionDigits",
+    "FusionMNIST",
+    "FusionTLESS",
     "atomic_output",
     "read_image",
     "read_mask",

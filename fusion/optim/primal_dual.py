@@ -170,15 +170,15 @@ def huber_tv_dual_prox(y: torch.Tensor, sigma: torch.Tensor, eta: float, epsilon
 def huber_tv_gap(p: torch.Tensor, y: torch.Tensor, z: torch.Tensor, step: torch.Tensor, eta: float, epsilon: float):
     """Primal value, dual value and relative gap of the Huber-TV prox problem (17)–(18), each ``(B,)``.
 
-    Primal ``P(p) = η Σ H_ε(|∇p|) + ‖p − z‖² / (2ζ)``; dual
-    ``D(y) = −ε/(2η) ‖y‖² − ζ/2 ‖div y‖² − ⟨z, div y⟩`` for ``|y| ≤ η``. ``P(p) − D(y) ≥ 0``, with equality at the
-    saddle point.
+    Primal ``P(p) = η Σ H_ε(|∇p|) + Σ (p − z)² / (2ζ)``; dual
+    ``D(y) = −ε/(2η) ‖y‖² − Σ ζ/2 (div y)² − ⟨z, div y⟩`` for ``|y| ≤ η``. ``P(p) − D(y) ≥ 0``, with equality at
+    the saddle point. ``step`` (``ζ``) is ``(B, 1, 1, 1)`` or element-wise ``(B, C, H, W)``.
     """
-    s = step.reshape(-1)
+    s = step.reshape(p.shape[0], *([1] * (p.ndim - 1))) if step.numel() == p.shape[0] else step
     r = p - z
-    primal = eta * huber_tv(p, epsilon) + (r * r).flatten(1).sum(1) / (2 * s)
+    primal = eta * huber_tv(p, epsilon) + (r * r / (2 * s)).flatten(1).sum(1)
     dv = div(y, bc="neumann")
-    dual = -epsilon / (2 * eta) * (y * y).flatten(1).sum(1) - 0.5 * s * (dv * dv).flatten(1).sum(1)
+    dual = -epsilon / (2 * eta) * (y * y).flatten(1).sum(1) - 0.5 * (s * dv * dv).flatten(1).sum(1)
     dual = dual - (z * dv).flatten(1).sum(1)
     rel = (primal - dual) / torch.maximum(primal.abs(), dual.abs()).clamp_min(torch.finfo(p.dtype).tiny)
     return primal, dual, rel
@@ -195,15 +195,19 @@ def prox_huber_tv(
     tol: float = 1e-4,
     check_every: int = 5,
 ) -> SolverResult:
-    """``prox_{ζηH_ε}(z) = argmin_p η H_ε(∇p) + ‖p − z‖² / (2ζ)`` by the primal–dual algorithm, eqs. (17)–(20).
+    """``prox_{ζηH_ε}(z) = argmin_p η H_ε(∇p) + Σ (p − z)² / (2ζ)`` by the primal–dual algorithm, eqs. (17)–(20).
 
-    Both ``G(p) = ‖p − z‖²/(2ζ)`` (modulus ``1/ζ``) and ``(ηH_ε)*`` (modulus ``ε/η``) are strongly convex, so the
-    linearly convergent step rule is used, with ``‖∇‖² ≤ 8``. The stopping quantity is the relative primal–dual
-    gap of :func:`huber_tv_gap` (the paper stops at ``1e-4``).
+    Both ``G(p) = Σ (p − z)²/(2ζ)`` (modulus ``1/max ζ``) and ``(ηH_ε)*`` (modulus ``ε/η``) are strongly convex,
+    so the linearly convergent step rule is used, with ``‖∇‖² ≤ 8``. The stopping quantity is the relative
+    primal–dual gap of :func:`huber_tv_gap` (the paper stops at ``1e-4``).
+
+    The step may vary per pixel (``ζ`` element-wise): that is the prox of ``ηH_ε`` in the diagonal metric
+    ``diag(1/ζ)``, as needed by a variable-metric iPiano; ``prox_{τG}`` stays closed-form pixel by pixel.
 
     Args:
         z: ``(B, C, H, W)`` point to map.
-        step: ``ζ > 0``, a float or one per sample (``(B,)`` or ``(B, 1, 1, 1)``).
+        step: ``ζ > 0``, a float, one per sample (``(B,)`` or ``(B, 1, 1, 1)``) or one per element
+            (``(B, C, H, W)``, or broadcastable to it).
         eta: weight ``η > 0``.
         epsilon: Huber smoothing ``ε > 0``.
         y0: ``(B, C, 2, H, W)`` dual warm start (default zeros).
@@ -222,10 +226,18 @@ def prox_huber_tv(
     if eta <= 0 or epsilon <= 0:
         raise ValueError(f"eta and epsilon must be > 0, got eta={eta}, epsilon={epsilon}")
     batch = z.shape[0]
-    s = _per_sample(step, batch, z)
-    if bool((s <= 0).any()):
-        raise ValueError(f"step must be > 0, got min {s.min().item():g}")
-    sb = _b(z, s)
+    elementwise = isinstance(step, torch.Tensor) and step.numel() > batch
+    if elementwise:
+        try:
+            sb = torch.broadcast_to(step.to(device=z.device, dtype=z.dtype), z.shape)
+        except RuntimeError as err:
+            raise ValueError(f"step of shape {tuple(step.shape)} does not broadcast to z {tuple(z.shape)}") from err
+        s_max = sb.flatten(1).amax(1)
+    else:
+        s_max = _per_sample(step, batch, z)
+        sb = _b(z, s_max)
+    if bool((sb <= 0).any()):
+        raise ValueError(f"step must be > 0, got min {sb.min().item():g}")
     y_init = torch.zeros(*z.shape[:2], 2, *z.shape[2:], dtype=z.dtype, device=z.device) if y0 is None else y0
 
     def prox_g(p, t):
@@ -235,7 +247,7 @@ def prox_huber_tv(
         return huber_tv_dual_prox(y, sig, eta, epsilon)
 
     def gap(p, y):
-        return huber_tv_gap(p, y, z, s, eta, epsilon)[2]
+        return huber_tv_gap(p, y, z, sb, eta, epsilon)[2]
 
     return chambolle_pock(
         lambda p: grad(p, bc="neumann"),
@@ -245,7 +257,7 @@ def prox_huber_tv(
         z,
         y_init,
         op_norm=math.sqrt(8.0),
-        strong_convexity=1 / s,
+        strong_convexity=1 / s_max,
         dual_strong_convexity=epsilon / eta,
         gap=gap,
         max_iter=max_iter,
