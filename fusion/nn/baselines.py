@@ -20,19 +20,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion.nn.cells import DecoderResidualCell, EncoderResidualCell
+from fusion.nn.cells import DecoderResidualCell, EncoderResidualCell, check_fusion_inputs, check_positive_int
 from fusion.nn.distributions import Normal, likelihood, likelihood_channels
 from fusion.nn.fusionvae import FusionOutput, aggregate
 
 __all__ = ["CVAE", "FCN", "PyramidEncoder"]
 
 Likelihood = Literal["bernoulli", "logistic_mixture"]
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class PyramidEncoder(nn.Module):
@@ -108,7 +102,7 @@ class _EncoderDecoder(nn.Module):
             ("expansion", expansion),
             ("num_mix", num_mix),
         ]:
-            _check_positive_int(value, name)
+            check_positive_int(value, name)
         if image_size % (2**num_downsamples):
             raise ValueError(f"image_size={image_size} must be divisible by 2**num_downsamples={2**num_downsamples}")
         if not isinstance(skip, bool):
@@ -135,18 +129,7 @@ class _EncoderDecoder(nn.Module):
         self.output = nn.Sequential(nn.ELU(), nn.Conv2d(widths[0], self.out_channels, 3, padding=1))
 
     def _check_inputs(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> None:
-        image = (self.in_channels, self.image_size, self.image_size)
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5 or tuple(inputs.shape[2:]) != image:
-            raise ValueError(f"inputs must be (B, K, {', '.join(map(str, image))}), got {tuple(inputs.shape)}")
-        if target is not None and (
-            not isinstance(target, torch.Tensor)
-            or target.dim() != 4
-            or tuple(target.shape[1:]) != image
-            or target.shape[0] != inputs.shape[0]
-        ):
-            raise ValueError(
-                f"target must be (B={inputs.shape[0]}, {', '.join(map(str, image))}), got {tuple(target.shape)}"
-            )
+        check_fusion_inputs(inputs, target, self.in_channels, self.image_size)
 
     def _context(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Max-aggregated bottleneck ``(B, C, s, s)`` (zeros for ``K = 0``) and the per-input skip features
@@ -218,13 +201,13 @@ class CVAE(_EncoderDecoder):
         likelihood: Likelihood = "bernoulli",
         num_mix: int = 10,
     ) -> None:
-        _check_positive_int(latent_channels, "latent_channels")
+        check_positive_int(latent_channels, "latent_channels")
         for name, value in [
             ("channels", channels),
             ("channel_multiplier", channel_multiplier),
             ("num_downsamples", num_downsamples),
         ]:
-            _check_positive_int(value, name)
+            check_positive_int(value, name)
         bottleneck = channels * channel_multiplier**num_downsamples
         super().__init__(
             in_channels,
@@ -286,7 +269,7 @@ class CVAE(_EncoderDecoder):
     ) -> torch.Tensor:
         """``(N, B, C, S, S)`` decoder means with ``z ~ p(z | x)`` (standard deviation × ``temperature``)."""
         self._check_inputs(inputs)
-        _check_positive_int(num_samples, "num_samples")
+        check_positive_int(num_samples, "num_samples")
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         agg, skips = self._context(inputs)
@@ -334,7 +317,7 @@ class FCN(_EncoderDecoder):
             ("channel_multiplier", channel_multiplier),
             ("num_downsamples", num_downsamples),
         ]:
-            _check_positive_int(value, name)
+            check_positive_int(value, name)
         bottleneck = channels * channel_multiplier**num_downsamples
         super().__init__(
             in_channels,
@@ -369,6 +352,6 @@ class FCN(_EncoderDecoder):
     ) -> torch.Tensor:
         """The single prediction (likelihood mean) repeated: ``(N, B, C, S, S)``."""
         self._check_inputs(inputs)
-        _check_positive_int(num_samples, "num_samples")
+        check_positive_int(num_samples, "num_samples")
         mean = self.forward(inputs).likelihood.mean
         return mean.unsqueeze(0).expand(num_samples, *mean.shape).clone()

@@ -35,10 +35,27 @@ RESIDUAL_SCALE = 0.1
 BN_MOMENTUM = 0.05
 
 
-def _check_positive_int(value: int, name: str) -> int:
+def check_positive_int(value: int, name: str) -> int:
+    """``value`` when it is a positive ``int`` (not a bool); ``ValueError`` naming ``name`` otherwise."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_fusion_inputs(inputs: torch.Tensor, target: torch.Tensor | None, in_channels: int, image_size: int) -> None:
+    """Check ``inputs`` ``(B, K, C, S, S)`` and ``target`` ``(B, C, S, S)`` against a network's ``C`` and ``S``."""
+    image = (in_channels, image_size, image_size)
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5 or tuple(inputs.shape[2:]) != image:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"inputs must be (B, K, {', '.join(map(str, image))}), got {shape}")
+    if target is not None and (
+        not isinstance(target, torch.Tensor)
+        or target.dim() != 4
+        or tuple(target.shape[1:]) != image
+        or target.shape[0] != inputs.shape[0]
+    ):
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ValueError(f"target must be (B={inputs.shape[0]}, {', '.join(map(str, image))}), got {shape}")
 
 
 class Swish(nn.SiLU):
@@ -60,9 +77,9 @@ class SqueezeExcitation(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 16, min_hidden: int = 4) -> None:
         super().__init__()
-        _check_positive_int(channels, "channels")
-        _check_positive_int(reduction, "reduction")
-        hidden = max(channels // reduction, _check_positive_int(min_hidden, "min_hidden"))
+        check_positive_int(channels, "channels")
+        check_positive_int(reduction, "reduction")
+        hidden = max(channels // reduction, check_positive_int(min_hidden, "min_hidden"))
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
@@ -90,8 +107,8 @@ class EncoderResidualCell(nn.Module):
 
     def __init__(self, channels: int, out_channels: int | None = None, *, downsample: bool = False) -> None:
         super().__init__()
-        _check_positive_int(channels, "channels")
-        out_channels = channels if out_channels is None else _check_positive_int(out_channels, "out_channels")
+        check_positive_int(channels, "channels")
+        out_channels = channels if out_channels is None else check_positive_int(out_channels, "out_channels")
         stride = 2 if downsample else 1
         self.downsample = bool(downsample)
         self.branch = nn.Sequential(
@@ -134,9 +151,9 @@ class DecoderResidualCell(nn.Module):
         self, channels: int, out_channels: int | None = None, *, expansion: int = 6, upsample: bool = False
     ) -> None:
         super().__init__()
-        _check_positive_int(channels, "channels")
-        out_channels = channels if out_channels is None else _check_positive_int(out_channels, "out_channels")
-        hidden = _check_positive_int(expansion, "expansion") * out_channels
+        check_positive_int(channels, "channels")
+        out_channels = channels if out_channels is None else check_positive_int(out_channels, "out_channels")
+        hidden = check_positive_int(expansion, "expansion") * out_channels
         self.upsample = bool(upsample)
         self.branch = nn.Sequential(
             nn.BatchNorm2d(channels, momentum=BN_MOMENTUM),
@@ -201,7 +218,7 @@ def spectral_regularisation(
         >>> bool(torch.isclose(est, torch.linalg.matrix_norm(conv.weight.reshape(3, 2), 2), rtol=1e-4))
         True
     """
-    _check_positive_int(power_iterations, "power_iterations")
+    check_positive_int(power_iterations, "power_iterations")
     groups = _conv_weights(module)
     if not groups:
         p = next(module.parameters(), None)
@@ -256,7 +273,7 @@ class SpectralRegulariser(nn.Module):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        self.power_iterations = _check_positive_int(power_iterations, "power_iterations")
+        self.power_iterations = check_positive_int(power_iterations, "power_iterations")
         object.__setattr__(self, "_watched", (module,))  # a plain reference, not a submodule
         state: dict[str, torch.Tensor] = {}
         with torch.no_grad():

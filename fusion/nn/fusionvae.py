@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion.nn.cells import DecoderResidualCell, EncoderResidualCell
+from fusion.nn.cells import DecoderResidualCell, EncoderResidualCell, check_fusion_inputs, check_positive_int
 from fusion.nn.distributions import Bernoulli, DiscretizedLogisticMixture, Normal, likelihood, likelihood_channels
 
 __all__ = ["FusionOutput", "FusionVAE", "HierarchicalEncoder", "aggregate", "bayesian_aggregate"]
@@ -127,12 +127,6 @@ def bayesian_aggregate(
     post_var = 1 / precision
     post_mu = post_var * (prior_mu * prior_precision + (mu / var).sum(1))
     return post_mu, post_var
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class HierarchicalEncoder(nn.Module):
@@ -279,7 +273,7 @@ class FusionVAE(nn.Module):
             ("expansion", expansion),
             ("num_mix", num_mix),
         ]:
-            _check_positive_int(value, name)
+            check_positive_int(value, name)
         groups = [int(g) for g in groups_per_scale] if isinstance(groups_per_scale, Sequence) else []
         if not groups or any(g < 1 for g in groups) or any(g != v for g, v in zip(groups, groups_per_scale)):
             raise ValueError(f"groups_per_scale must be a non-empty list of positive ints, got {groups_per_scale!r}")
@@ -363,18 +357,7 @@ class FusionVAE(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_inputs(self, inputs: torch.Tensor, target: torch.Tensor | None = None) -> None:
-        image = (self.in_channels, self.image_size, self.image_size)
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5 or tuple(inputs.shape[2:]) != image:
-            raise ValueError(f"inputs must be (B, K, {', '.join(map(str, image))}), got {tuple(inputs.shape)}")
-        if target is not None and (
-            not isinstance(target, torch.Tensor)
-            or target.dim() != 4
-            or tuple(target.shape[1:]) != image
-            or target.shape[0] != inputs.shape[0]
-        ):
-            raise ValueError(
-                f"target must be (B={inputs.shape[0]}, {', '.join(map(str, image))}), got {tuple(target.shape)}"
-            )
+        check_fusion_inputs(inputs, target, self.in_channels, self.image_size)
 
     def _context(self, inputs: torch.Tensor) -> list[torch.Tensor] | None:
         """Per group: the aggregated context ``(B, C_l, s_l, s_l)`` (max/mean with target "add") or the
@@ -507,7 +490,7 @@ class FusionVAE(nn.Module):
             ``(N, B, C, S, S)`` in [0, 1].
         """
         self._check_inputs(inputs)
-        _check_positive_int(num_samples, "num_samples")
+        check_positive_int(num_samples, "num_samples")
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         ctx = self._context(inputs)

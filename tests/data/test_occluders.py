@@ -16,12 +16,8 @@ from fusion.data.occluders import cut_occluder, cut_occluders, fill_holes, large
 SCRIPT = Path(__file__).resolve().parents[2] / "datasets" / "tless_occluders.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny images: extra torch threads only contend on a shared machine
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _script():
