@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--height", type=int, default=563)
     parser.add_argument("--width", type=int, default=800)
+    parser.add_argument("--sigma", type=float, default=None, help="alpha-map blur (default 5 px at 563 rows, scaled)")
     parser.add_argument("--metric", choices=["curvature", "identity", "both"], default="curvature")
     parser.add_argument("--plot", default="outputs/bench/osmosis_energy.png")
     args = parser.parse_args()
@@ -70,7 +71,8 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     f, b, mask = (t.to(device) for t in make_inputs(args.height, args.width, dtype))
-    alpha = alpha_map(mask, kind="gaussian", sigma=5.0)
+    sigma = args.sigma if args.sigma is not None else 5.0 * args.height / 563
+    alpha = alpha_map(mask, kind="gaussian", sigma=sigma)
 
     _sync(device)
     start = time.perf_counter()
