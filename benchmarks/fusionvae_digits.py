@@ -1,10 +1,12 @@
 """FusionVAE against its baselines on FusionDigits (scikit-learn's real handwritten digits), trained on this machine.
 
-Trains ``fusionvae_digits``, ``cvae_digits``, ``cvae_s_digits``, ``fcn_digits`` and ``fcn_s_digits`` with the same
-data, schedule and number of epochs through ``train.py``'s code path (``fusion.pipeline.train``), then evaluates
-each last checkpoint with ``fusion.evaluate`` on the held-out digits: NLL in bits/dim by importance sampling and
-``MSE_min``, for K = 0..3 inputs and averaged (the layout of the paper's Tables 1–3, units 10⁻²). Prints one
-Markdown table and writes it with the raw numbers to ``--out`` (JSON and .md).
+Trains ``fusionvae_digits``, ``cvae_digits``, ``cvae_s_digits``, ``fcn_digits`` and ``fcn_s_digits``, and
+FusionVAE with the joint posterior ``q(z | x, y)`` of the paper's Table 4 in NVAE's residual form
+(``fusionvae_xy``: ``model.network.posterior=residual``), with the same data, schedule and number of epochs
+through ``train.py``'s code path (``fusion.pipeline.train``), then evaluates each last checkpoint with
+``fusion.evaluate`` on the held-out digits: NLL in bits/dim by importance sampling and ``MSE_min``, for K = 0..3
+inputs and averaged (the layout of the paper's Tables 1–3, units 10⁻²). Prints one Markdown table and writes it with
+the raw numbers to ``--out`` (JSON and .md).
 
     python benchmarks/fusionvae_digits.py [--epochs 40] [--samples 100] [--device cpu] [--out outputs/bench/digits]
 """
@@ -29,14 +31,25 @@ from fusion.data.io import atomic_output  # noqa: E402
 from fusion.evaluate import evaluate  # noqa: E402
 from fusion.pipeline import train  # noqa: E402
 
-MODELS = ["fcn", "fcn_s", "cvae", "cvae_s", "fusionvae"]
-LABELS = {"fcn": "FCN", "fcn_s": "FCN+S", "cvae": "CVAE", "cvae_s": "CVAE+S", "fusionvae": "FusionVAE"}
+MODELS = ["fcn", "fcn_s", "cvae", "cvae_s", "fusionvae", "fusionvae_xy"]
+LABELS = {
+    "fcn": "FCN",
+    "fcn_s": "FCN+S",
+    "cvae": "CVAE",
+    "cvae_s": "CVAE+S",
+    "fusionvae": "FusionVAE",
+    "fusionvae_xy": "FusionVAE q(x,y)",
+}
+#: variants of an experiment: name -> (experiment prefix, extra overrides)
+VARIANTS = {"fusionvae_xy": ("fusionvae", ["model.network.posterior=residual"])}
 
 
 def run(model: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / model
+    experiment, extra = VARIANTS.get(model, (model, []))
     overrides = [
-        f"experiment={model}_digits",
+        f"experiment={experiment}_digits",
+        *extra,
         f"paths.output_dir={out}",
         f"trainer.max_epochs={args.epochs}",
         f"trainer.accelerator={'gpu' if args.device.startswith('cuda') else 'cpu'}",

@@ -6,6 +6,7 @@ from fusion.energies.osmosis import (
     osmosis_energy,
     osmosis_fusion_term,
     prox_fidelity,
+    u_block_hessian,
     variational_osmosis_energy,
 )
 from fusion.energies.poisson import gaussian_poisson_energy, poisson_energy, region_edges
@@ -17,6 +18,7 @@ __all__ = [
     "osmosis_energy",
     "osmosis_fusion_term",
     "prox_fidelity",
+    "u_block_hessian",
     "variational_osmosis_energy",
     "gaussian_poisson_energy",
     "kinetic_energy",

@@ -15,7 +15,7 @@ from fusion.methods.deep_blend import (
 )
 from fusion.methods.gaussian_poisson import gaussian_poisson_blend, gaussian_poisson_solve
 from fusion.methods.gpgan import blending_gan_color, gpgan_blend
-from fusion.methods.osmosis import alpha_map, linear_osmosis, osmosis_filter_fusion, osmosis_fusion
+from fusion.methods.osmosis import alpha_map, linear_osmosis, osmosis_filter_fusion, osmosis_fusion, solve_u_block
 from fusion.methods.ot import OTResult, ot_interpolate
 from fusion.methods.poisson import (
     guidance_field,
@@ -48,6 +48,7 @@ __all__ = [
     "gpgan_blend",
     "osmosis_filter_fusion",
     "osmosis_fusion",
+    "solve_u_block",
     "ot_interpolate",
     "MethodSpec",
     "alpha_map",

@@ -4,7 +4,9 @@ Three towers share the NVAE cell design (:mod:`fusion.nn.cells`):
 
 - the *context encoder* runs on every input ``x_i`` with shared weights (the K views are folded into the batch)
   and yields one feature map ``f_lx`` per latent group ``l``;
-- the *target encoder* (same architecture, own weights) yields ``f_ly`` from the target ``y``;
+- the *target encoder* (same architecture, own weights) yields ``f_ly`` from the target ``y``; with
+  ``share_encoder=True`` it is the context encoder itself (a reading of the paper's shared φ in ``p_φ`` and ``q_φ``
+  and of "the same residual cells" in §4.3);
 - the *generator* starts from a trainable tensor ``h`` and, for the groups ``l = 1..L`` from coarse to fine,
   computes the conditional prior ``p_l`` and the approximate posterior ``q_l``, draws ``z_l`` and merges it into
   its features, then decodes the image-likelihood parameters.
@@ -13,7 +15,11 @@ For group ``l`` with generator feature ``d_l`` (paper §4.3, "MaxAggAdd"):
 
 - prior ``p(z_l | x, z_<l)``: ``conv(agg_i f_1x,i)`` for ``l = 1`` (``N(0, I)`` when ``K = 0``) and
   ``conv(agg_i f_lx,i + d_l)`` for ``l > 1`` (the aggregate of an empty set is zero);
-- posterior ``q(z_l | y, z_<l)``: ``conv(f_1y)`` and ``conv(f_ly + d_l)``; it depends on the target only.
+- posterior ``q(z_l | y, z_<l)``: ``conv(f_1y)`` and ``conv(f_ly + d_l)``; it depends on the target only (the
+  paper's choice). The ablation ``posterior="joint"`` (Table 4, ``q(x, y)``) adds the aggregated context features,
+  ``conv(f_ly + agg_i f_lx,i + d_l)``; ``posterior="residual"`` is that joint posterior parametrised relative to the
+  prior as in NVAE, ``q_l = N(mu_p + Δmu, sigma_p · exp(Δlog sigma))`` with ``(Δmu, Δlog sigma)`` from the same
+  features.
 
 ``agg`` is the pixel-wise max (paper), the mean, or Bayesian aggregation (eqs. (6)–(7)); the ablation target "all"
 aggregates the decoder feature together with the context features instead of adding it (§6.3, Table 5).
@@ -37,6 +43,7 @@ __all__ = ["FusionOutput", "FusionVAE", "HierarchicalEncoder", "aggregate", "bay
 
 Aggregation = Literal["max", "mean", "bayes"]
 AggregationTarget = Literal["add", "all"]
+PosteriorKind = Literal["target", "joint", "residual"]
 Likelihood = Literal["bernoulli", "logistic_mixture"]
 
 #: Soft bound of the predicted log-variances in Bayesian aggregation (variances in ``(e^-10, e^10)``).
@@ -219,6 +226,11 @@ class FusionVAE(nn.Module):
         aggregation: ``"max"`` (paper), ``"mean"`` or ``"bayes"``.
         aggregation_target: ``"add"`` (aggregate the context features, then add the generator feature; paper's
             MaxAggAdd) or ``"all"`` (aggregate the context features together with the generator feature).
+        share_encoder: encode the target with the context encoder itself instead of an encoder of the same
+            architecture with its own weights (default).
+        posterior: ``"target"`` (``q(z_l | y, z_<l)``, paper), ``"joint"`` (``q(z_l | x, y, z_<l)``: the
+            aggregated context features are added to the target features; the ablation of Table 4) or
+            ``"residual"`` (the joint posterior as a residual of the prior, NVAE's parametrisation).
         likelihood: ``"bernoulli"`` (MNIST, T-LESS) or ``"logistic_mixture"`` (CelebA).
         num_mix: mixture components of the logistic mixture.
 
@@ -258,6 +270,8 @@ class FusionVAE(nn.Module):
         expansion: int = 6,
         aggregation: Aggregation = "max",
         aggregation_target: AggregationTarget = "add",
+        share_encoder: bool = False,
+        posterior: PosteriorKind = "target",
         likelihood: Likelihood = "bernoulli",
         num_mix: int = 10,
     ) -> None:
@@ -297,11 +311,16 @@ class FusionVAE(nn.Module):
             raise ValueError(f"aggregation must be 'max', 'mean' or 'bayes', got {aggregation!r}")
         if aggregation_target not in ("add", "all"):
             raise ValueError(f"aggregation_target must be 'add' or 'all', got {aggregation_target!r}")
+        if not isinstance(share_encoder, bool):
+            raise TypeError(f"share_encoder must be a bool, got {share_encoder!r}")
+        if posterior not in ("target", "joint", "residual"):
+            raise ValueError(f"posterior must be 'target', 'joint' or 'residual', got {posterior!r}")
         self.out_channels = likelihood_channels(likelihood, in_channels, num_mix)
 
         self.in_channels, self.image_size = in_channels, image_size
         self.latent_channels, self.latent_sizes, self.groups_per_scale = latent_channels, sizes, groups
         self.aggregation, self.aggregation_target = aggregation, aggregation_target
+        self.posterior = posterior
         self.likelihood_name, self.num_mix = likelihood, num_mix
         self.num_preprocess = int(round(math.log2(image_size // sizes[-1])))
         self.num_groups = sum(groups)
@@ -313,7 +332,10 @@ class FusionVAE(nn.Module):
             channel_multiplier=channel_multiplier,
         )
         self.context_encoder = HierarchicalEncoder(in_channels, channels, groups, **encoder_args)
-        self.target_encoder = HierarchicalEncoder(in_channels, channels, groups, **encoder_args)
+        self.share_encoder = share_encoder
+        self.target_encoder = (
+            None if share_encoder else HierarchicalEncoder(in_channels, channels, groups, **encoder_args)
+        )
 
         # per group (coarse to fine): scale index, width and latent side
         widths = [
@@ -417,6 +439,13 @@ class FusionVAE(nn.Module):
         mu, log_sigma = self.prior_heads[g](feature).chunk(2, dim=1)
         return Normal(mu, log_sigma)
 
+    def _posterior_context(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The context term of the joint posterior: the aggregate of the K context features of one group (max
+        for Bayesian aggregation, whose features are per input)."""
+        if ctx.dim() == 4:  # already aggregated (max / mean with target "add")
+            return ctx
+        return aggregate(ctx, "mean" if self.aggregation == "mean" else "max")
+
     def _decode(
         self,
         ctx: list[torch.Tensor] | None,
@@ -437,7 +466,11 @@ class FusionVAE(nn.Module):
             prior = self._prior(g, ctx, d_in, batch)
             if target_features is not None:
                 f = target_features[g] if g == 0 else target_features[g] + d
+                if self.posterior != "target" and ctx is not None:
+                    f = f + self._posterior_context(ctx[g])
                 mu, log_sigma = self.posterior_heads[g](f).chunk(2, dim=1)
+                if self.posterior == "residual":
+                    mu, log_sigma = prior.mu + mu, prior.log_sigma + log_sigma
                 posterior = Normal(mu, log_sigma)
                 z = posterior.rsample(generator)
                 kl.append(posterior.kl(prior).flatten(1).sum(1))
@@ -467,7 +500,8 @@ class FusionVAE(nn.Module):
         """
         self._check_inputs(inputs, target)
         ctx = self._context(inputs)
-        return self._decode(ctx, inputs.shape[0], self.target_encoder(target), generator)
+        encoder = self.context_encoder if self.target_encoder is None else self.target_encoder
+        return self._decode(ctx, inputs.shape[0], encoder(target), generator)
 
     def sample(
         self,

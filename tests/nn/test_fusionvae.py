@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fusion.nn.distributions import Bernoulli, DiscretizedLogisticMixture
+from fusion.nn.distributions import Bernoulli, DiscretizedLogisticMixture, Normal
 from fusion.nn.fusionvae import FusionOutput, FusionVAE, aggregate, bayesian_aggregate
 
 CONFIGS = [("max", "add"), ("mean", "add"), ("max", "all"), ("bayes", "add"), ("bayes", "all")]
@@ -168,6 +168,68 @@ def test_posterior_depends_on_target_only() -> None:
     assert float((a.log_p - b.log_p).abs().max()) > 1e-3
 
 
+def test_residual_posterior_is_relative_to_the_prior() -> None:
+    """posterior="residual": q_l = N(mu_p + Δmu, sigma_p exp(Δlog sigma)), (Δmu, Δlog sigma) the head's output on
+    the joint features f_ly + agg f_lx + d_l."""
+    net = _tiny(posterior="residual").eval()
+    raw = {}
+    for g, head in enumerate(net.posterior_heads):
+        head.register_forward_hook(lambda m, i, o, g=g: raw.__setitem__(g, o))
+    inputs, y = _batch(2)
+    with torch.no_grad():
+        out = net(inputs, y, generator=torch.Generator().manual_seed(0))
+        ctx = net._context(inputs)
+        f0 = net.target_encoder(y)[0] + ctx[0]
+        torch.testing.assert_close(raw[0], net.posterior_heads[0](f0))  # the joint features
+    for g in range(net.num_groups):
+        d_mu, d_log_sigma = raw[g].chunk(2, dim=1)
+        want = Normal(out.priors[g].mu + d_mu, out.priors[g].log_sigma + d_log_sigma)
+        torch.testing.assert_close(out.posteriors[g].mu, want.mu)
+        torch.testing.assert_close(out.posteriors[g].log_sigma, want.log_sigma)
+    assert torch.isfinite(sum(out.kl)).all()
+
+
+@pytest.mark.parametrize("aggregation", ["max", "bayes"])
+def test_joint_posterior_sees_the_inputs(aggregation: str) -> None:
+    """posterior="joint" (Table 4, q(z | x, y)): the posterior changes with x, and without inputs it equals the
+    target-only posterior of the same weights."""
+    net = _tiny(aggregation, posterior="joint").eval()
+    ref = _tiny(aggregation).eval()
+    ref.load_state_dict(net.state_dict())
+    _, y = _batch(0)
+    x1, _ = _batch(2, seed=1)
+    x2, _ = _batch(2, seed=2)
+    with torch.no_grad():
+        a = net(x1, y, generator=torch.Generator().manual_seed(0))
+        b = net(x2, y, generator=torch.Generator().manual_seed(0))
+        c = net(x1[:, :0], y, generator=torch.Generator().manual_seed(0))
+        d = ref(x1[:, :0], y, generator=torch.Generator().manual_seed(0))
+    assert float((a.posteriors[0].mu - b.posteriors[0].mu).abs().max()) > 1e-3
+    torch.testing.assert_close(c.log_q, d.log_q)
+    torch.testing.assert_close(c.likelihood.logits, d.likelihood.logits)
+
+
+def test_shared_encoder_is_the_context_encoder() -> None:
+    """share_encoder=True: the target passes through the context encoder, whose weights then get gradient from the
+    reconstruction even when K = 0; the default has a target encoder of its own, exactly one encoder larger."""
+    shared, own = _tiny(share_encoder=True), _tiny()
+    assert shared.target_encoder is None and own.target_encoder is not None
+    n_ctx = sum(p.numel() for p in shared.context_encoder.parameters())
+    n_shared, n_own = (sum(p.numel() for p in m.parameters()) for m in (shared, own))
+    assert n_own - n_shared == n_ctx
+    inputs, y = _batch(0)
+    out = shared(inputs, y)
+    (-out.likelihood.log_prob(y).mean()).backward()
+    grads = [p.grad for p in shared.context_encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    with torch.no_grad():  # the same image as a view and as the target gives the same features
+        feats = shared.context_encoder.eval()(y)
+        shared.eval()
+        ctx = shared._context(y.unsqueeze(1))
+    for f, c in zip(feats, ctx):
+        torch.testing.assert_close(f, c)
+
+
 @torch.no_grad()
 def test_sample_shapes_temperature_and_seed() -> None:
     net = _tiny().eval()
@@ -248,6 +310,10 @@ def test_argument_checks() -> None:
         _tiny(groups_per_scale=[])
     with pytest.raises(ValueError, match="likelihood"):
         _tiny(likelihood="gaussian")
+    with pytest.raises(ValueError, match="posterior"):
+        _tiny(posterior="prior")
+    with pytest.raises(TypeError, match="share_encoder"):
+        _tiny(share_encoder="yes")
     net = _tiny()
     with pytest.raises(ValueError, match="inputs"):
         net(torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
