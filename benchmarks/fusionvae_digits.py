@@ -9,6 +9,7 @@ inputs and averaged (the layout of the paper's Tables 1–3, units 10⁻²). Pri
 the raw numbers to ``--out`` (JSON and .md).
 
     python benchmarks/fusionvae_digits.py [--epochs 40] [--samples 100] [--device cpu] [--out outputs/bench/digits]
+                                          [--models fusionvae cvae_s ...] [--override KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def run(model: str, args: argparse.Namespace) -> dict:
         "logger=csv",
         "data.num_workers=0",
         f"seed={args.seed}",
+        *args.override,
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
@@ -88,6 +90,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--out", default="outputs/bench/fusionvae_digits")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for every model, e.g. model.network.groups_per_scale=[4,1] (repeatable)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     print(f"device: {device_name(torch.device(args.device))}; torch {torch.__version__}; epochs {args.epochs}")

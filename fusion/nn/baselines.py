@@ -89,7 +89,7 @@ class _EncoderDecoder(nn.Module):
         skip: bool,
         likelihood: Likelihood,
         num_mix: int,
-        decoder_in: int,
+        latent_channels: int = 0,
     ) -> None:
         super().__init__()
         for name, value in [
@@ -117,7 +117,8 @@ class _EncoderDecoder(nn.Module):
         self.context_encoder = PyramidEncoder(in_channels, channels, **enc_args)
         widths = self.context_encoder.widths
         self.bottleneck_width = widths[-1]
-        self.decoder_input = nn.Conv2d(decoder_in, widths[-1], 1)
+        # the decoder starts from [z, agg f_x] (CVAE) or agg f_x alone (FCN, latent_channels = 0)
+        self.decoder_input = nn.Conv2d(latent_channels + widths[-1], widths[-1], 1)
         self.bottleneck = nn.Sequential(
             *[DecoderResidualCell(widths[-1], expansion=expansion) for _ in range(cells_per_level)]
         )
@@ -202,13 +203,6 @@ class CVAE(_EncoderDecoder):
         num_mix: int = 10,
     ) -> None:
         check_positive_int(latent_channels, "latent_channels")
-        for name, value in [
-            ("channels", channels),
-            ("channel_multiplier", channel_multiplier),
-            ("num_downsamples", num_downsamples),
-        ]:
-            check_positive_int(value, name)
-        bottleneck = channels * channel_multiplier**num_downsamples
         super().__init__(
             in_channels,
             image_size,
@@ -220,7 +214,7 @@ class CVAE(_EncoderDecoder):
             skip=skip,
             likelihood=likelihood,
             num_mix=num_mix,
-            decoder_in=latent_channels + bottleneck,
+            latent_channels=latent_channels,
         )
         self.latent_channels = latent_channels
         self.num_groups = 1
@@ -312,13 +306,6 @@ class FCN(_EncoderDecoder):
         likelihood: Likelihood = "bernoulli",
         num_mix: int = 10,
     ) -> None:
-        for name, value in [
-            ("channels", channels),
-            ("channel_multiplier", channel_multiplier),
-            ("num_downsamples", num_downsamples),
-        ]:
-            check_positive_int(value, name)
-        bottleneck = channels * channel_multiplier**num_downsamples
         super().__init__(
             in_channels,
             image_size,
@@ -330,7 +317,6 @@ class FCN(_EncoderDecoder):
             skip=skip,
             likelihood=likelihood,
             num_mix=num_mix,
-            decoder_in=bottleneck,
         )
         self.num_groups = 0
 
