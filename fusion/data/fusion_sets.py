@@ -70,6 +70,7 @@ __all__ = [
     "index_occluders",
     "index_tless",
     "paste_occluder",
+    "random_affine",
     "read_idx",
     "split_every_tenth",
     "write_synthetic_celeba",
@@ -299,6 +300,11 @@ class EllipseFusionSet(FusionSet):
     Bernoulli draw per pixel when ``binarize``), then ``K_max`` independent masks from
     :func:`~fusion.data.masks.ellipse_masks` and ``inputs[k] = corrupt(target, mask_k, noise_std)``. The views
     are made from the (binarised) target they accompany.
+
+    With ``augment`` the clean target first gets one random affine map (:func:`random_affine`, no mirror): a
+    rotation uniform in ``±rotation`` degrees, a scaling uniform in ``scale`` and a shift uniform in
+    ``±shift·side`` pixels along each axis. It is off by default; the data modules turn it on for training items
+    only, so evaluation items never change.
     """
 
     def __init__(
@@ -312,6 +318,10 @@ class EllipseFusionSet(FusionSet):
         max_ellipses: int = 4,
         min_axis: float = 0.1,
         max_axis: float = 0.4,
+        augment: bool = False,
+        rotation: float = 15.0,
+        scale: Sequence[float] = (0.9, 1.1),
+        shift: float = 0.1,
         seed: int = 0,
         split: int = 0,
     ) -> None:
@@ -320,6 +330,8 @@ class EllipseFusionSet(FusionSet):
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
         self.noise_std = float(noise_std)
+        self.augment = bool(augment)
+        self.affine_args = _check_affine(rotation, scale, shift)
         self.mask_args = dict(
             min_ellipses=min_ellipses, max_ellipses=max_ellipses, min_axis=min_axis, max_axis=max_axis
         )
@@ -329,7 +341,10 @@ class EllipseFusionSet(FusionSet):
         raise NotImplementedError
 
     def make_item(self, index: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        target = self.binarized(self.image(index, generator), generator)
+        image = self.image(index, generator)
+        if self.augment:
+            image = random_affine(image, generator, **self.affine_args)
+        target = self.binarized(image, generator)
         c, h, w = target.shape
         masks = ellipse_masks(self.max_inputs, h, w, generator=generator, **self.mask_args)
         inputs = corrupt(target.expand(self.max_inputs, c, h, w), masks, noise_std=self.noise_std, generator=generator)
@@ -344,7 +359,8 @@ class FusionMNIST(EllipseFusionSet):
         train: the 60,000 training images, else the 10,000 ``t10k`` images.
         image_size: side after centred zero padding (32 in the paper; at least the stored 28).
         noise_std: standard deviation of the view noise (not stated in the paper; 0.1 by default).
-        **options: ``max_inputs``, ``binarize``, ``seed`` and the ellipse parameters of :class:`EllipseFusionSet`.
+        **options: ``max_inputs``, ``binarize``, ``seed``, the ellipse and the ``augment`` parameters of
+            :class:`EllipseFusionSet`.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, train: bool = True, image_size: int = 32, **options: Any):
@@ -376,7 +392,8 @@ class FusionDigits(EllipseFusionSet):
         n_train: size of the training part (1,497 by default, leaving 300 for evaluation).
         split_seed: seed of the fixed split (independent of the item seed, so every run evaluates the same digits).
         noise_std: standard deviation of the view noise (0.1 by default).
-        **options: ``max_inputs``, ``binarize``, ``seed`` and the ellipse parameters of :class:`EllipseFusionSet`.
+        **options: ``max_inputs``, ``binarize``, ``seed``, the ellipse and the ``augment`` parameters of
+            :class:`EllipseFusionSet`.
 
     Raises:
         ImportError: scikit-learn is not installed.
@@ -443,7 +460,8 @@ class FusionCelebA(EllipseFusionSet):
         image_size, crop: output side and centre-crop side.
         flip_p: probability of a horizontal flip (0.5 for training, 0 for evaluation).
         noise_std: standard deviation of the view noise (0 by default: the paper adds none for CelebA).
-        **options: ``max_inputs``, ``binarize``, ``seed`` and the ellipse parameters of :class:`EllipseFusionSet`.
+        **options: ``max_inputs``, ``binarize``, ``seed``, the ellipse and the ``augment`` parameters of
+            :class:`EllipseFusionSet`.
     """
 
     def __init__(
@@ -623,6 +641,41 @@ def paste_occluder(
     return (canvas * (1 - coverage) + warped[:3]).clamp(0.0, 1.0)
 
 
+def _check_affine(rotation: float, scale: Sequence[float], shift: float) -> dict[str, Any]:
+    """Validated keyword arguments of :func:`random_affine` (without ``flip_p``)."""
+    if not (math.isfinite(rotation) and 0 <= rotation <= 180):
+        raise ValueError(f"rotation must be in [0, 180] degrees, got {rotation}")
+    if not (math.isfinite(shift) and 0 <= shift <= 1):
+        raise ValueError(f"shift must be in [0, 1] (a fraction of the image side), got {shift}")
+    return dict(rotation=float(rotation), scale=_check_range("scale", scale, 1e-3, 1e3), shift=float(shift))
+
+
+def random_affine(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    rotation: float,
+    scale: tuple[float, float],
+    shift: float,
+    flip_p: float = 0.0,
+) -> torch.Tensor:
+    """One random similarity map of a square ``(C, S, S)`` image about its centre, clamped to [0, 1].
+
+    Draws, in this order from ``generator``: a mirror (probability ``flip_p``), an angle uniform in ``±rotation``
+    degrees, a factor uniform in ``scale`` and a shift uniform in ``±shift·S`` pixels per axis. The warp is
+    bilinear; pixels that come from outside the image are 0.
+    """
+    s = image.shape[-1]
+    flip = _uniform(generator, 0, 1) < flip_p
+    angle = _uniform(generator, -rotation, rotation)
+    factor = _uniform(generator, *scale)
+    dx, dy = (_uniform(generator, -shift, shift) * s for _ in range(2))
+    if flip:
+        image = image.flip(-1)
+    centre = ((s - 1) / 2, (s - 1) / 2)
+    return _warp(image, affine_matrix(centre, angle, factor, (centre[0] + dx, centre[1] + dy)), (s, s)).clamp(0, 1)
+
+
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64))
 
@@ -738,15 +791,9 @@ class FusionTLESS(FusionSet):
         return cached.float() / 255.0
 
     def _augment(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.image_size
-        flip = _uniform(generator, 0, 1) < self.flip_p
-        angle = _uniform(generator, -self.rotation, self.rotation)
-        factor = _uniform(generator, *self.scale)
-        dx, dy = (_uniform(generator, -self.shift, self.shift) * s for _ in range(2))
-        if flip:
-            image = image.flip(-1)
-        centre = ((s - 1) / 2, (s - 1) / 2)
-        return _warp(image, affine_matrix(centre, angle, factor, (centre[0] + dx, centre[1] + dy)), (s, s)).clamp(0, 1)
+        return random_affine(
+            image, generator, rotation=self.rotation, scale=self.scale, shift=self.shift, flip_p=self.flip_p
+        )
 
     def _occlude(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.image_size
@@ -865,7 +912,11 @@ class FusionDataModule(L.LightningDataModule):
             value (dynamic binarisation), ``"threshold"`` keeps grey values above 1/2, ``false`` leaves them.
         min_ellipses, max_ellipses, min_axis, max_axis: mask parameters (MNIST, CelebA, digits).
         flip_p: horizontal flip probability of training targets (CelebA, T-LESS).
-        min_occluders, max_occluders, rotation, scale, shift, occluder_rotation, occluder_scale: T-LESS options.
+        augment: one random affine map of each training target (:func:`random_affine`) with the ``rotation``,
+            ``scale`` and ``shift`` ranges. ``None`` (default): on for T-LESS (Section 5.2), off for the others.
+            Evaluation items are never augmented.
+        rotation, scale, shift: ranges of that affine map.
+        min_occluders, max_occluders, occluder_rotation, occluder_scale: T-LESS options.
         num_workers, pin_memory: loader settings.
         seed: seeds every item, the shuffling and the per-batch K (``None``: 0).
         val_items: at most this many evaluation items are used for validation.
@@ -890,6 +941,7 @@ class FusionDataModule(L.LightningDataModule):
         min_axis: float = 0.1,
         max_axis: float = 0.4,
         flip_p: float = 0.5,
+        augment: bool | None = None,
         min_occluders: int = 5,
         max_occluders: int = 8,
         rotation: float = 15.0,
@@ -926,15 +978,20 @@ class FusionDataModule(L.LightningDataModule):
         common: dict[str, Any] = dict(max_inputs=self.max_inputs, binarize=binarize, seed=self.seed)
         if noise_std is not None:
             common["noise_std"] = noise_std
+        if augment is not None and not isinstance(augment, bool):
+            raise ValueError(f"augment must be true, false or null, got {augment!r}")
         ellipses = dict(min_ellipses=min_ellipses, max_ellipses=max_ellipses, min_axis=min_axis, max_axis=max_axis)
+        affine = dict(augment=bool(augment), rotation=rotation, scale=tuple(scale), shift=shift)
         if dataset == "mnist":
-            self.train_set = FusionMNIST(root, train=True, image_size=size, **common, **ellipses)
+            self.train_set = FusionMNIST(root, train=True, image_size=size, **common, **ellipses, **affine)
             self.eval_set = FusionMNIST(root, train=False, image_size=size, **common, **ellipses)
         elif dataset == "digits":
-            self.train_set = FusionDigits(train=True, image_size=size, **common, **ellipses)
+            self.train_set = FusionDigits(train=True, image_size=size, **common, **ellipses, **affine)
             self.eval_set = FusionDigits(train=False, image_size=size, **common, **ellipses)
         elif dataset == "celeba":
-            self.train_set = FusionCelebA(root, split="train", image_size=size, flip_p=flip_p, **common, **ellipses)
+            self.train_set = FusionCelebA(
+                root, split="train", image_size=size, flip_p=flip_p, **common, **ellipses, **affine
+            )
             self.eval_set = FusionCelebA(root, split="test", image_size=size, flip_p=0.0, **common, **ellipses)
         else:
             tless = dict(
@@ -948,7 +1005,7 @@ class FusionDataModule(L.LightningDataModule):
                 occluder_rotation=occluder_rotation,
                 occluder_scale=tuple(occluder_scale),
             )
-            self.train_set = FusionTLESS(root, occluder_root, train=True, **tless, **common)
+            self.train_set = FusionTLESS(root, occluder_root, train=True, augment=augment, **tless, **common)
             self.eval_set = FusionTLESS(root, occluder_root, train=False, **tless, **common)
 
     def _loader(

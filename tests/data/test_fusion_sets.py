@@ -24,6 +24,7 @@ from fusion.data.fusion_sets import (
     find_mnist_files,
     index_tless,
     paste_occluder,
+    random_affine,
     read_idx,
     split_every_tenth,
     write_synthetic_celeba,
@@ -331,6 +332,70 @@ def test_digits_need_no_root() -> None:
     assert torch.equal(
         FusionDigits(image_size=8).images[0, 0] * 16, torch.round(FusionDigits(image_size=8).images[0, 0] * 16)
     )
+
+
+def _ramp(size: int) -> torch.Tensor:
+    """``(2, S, S)``: channel 0 is the column index x, channel 1 the row index y (bilinear warps keep them exact)."""
+    y, x = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    return torch.stack([x, y])
+
+
+def test_random_affine_against_closed_forms() -> None:
+    s, c = 15, 7.0
+    ramp = _ramp(s) / 100  # in [0, 0.14]: clamping to [0, 1] leaves it alone
+    identity = random_affine(ramp, torch.Generator().manual_seed(0), rotation=0.0, scale=(1.0, 1.0), shift=0.0)
+    torch.testing.assert_close(identity, ramp, atol=1e-6, rtol=0)
+    # A scaling by a about the centre samples the source at c + (p - c) / a.
+    zoom = random_affine(ramp, torch.Generator().manual_seed(0), rotation=0.0, scale=(2.0, 2.0), shift=0.0)
+    torch.testing.assert_close(zoom, (c + (_ramp(s) - c) / 2) / 100, atol=1e-6, rtol=0)
+    # A shift moves the ramp by one constant per axis, within ±shift·S, and fills the uncovered border with 0.
+    for seed in range(4):
+        moved = random_affine(ramp, torch.Generator().manual_seed(seed), rotation=0.0, scale=(1.0, 1.0), shift=0.2)
+        inner = moved[:, 4:-4, 4:-4] - ramp[:, 4:-4, 4:-4]
+        offset = inner.flatten(1).mean(1)
+        torch.testing.assert_close(inner, offset[:, None, None].expand_as(inner), atol=1e-6, rtol=0)
+        assert bool((offset.abs() * 100 <= 0.2 * s + 1e-4).all()) and float(offset.abs().sum()) > 0
+    # A rotation keeps the distance to the centre (sampled where the source covers the output).
+    for seed in range(4):
+        turned = random_affine(ramp, torch.Generator().manual_seed(seed), rotation=30.0, scale=(1.0, 1.0), shift=0.0)
+        radius = ((_ramp(s) - c) ** 2).sum(0).sqrt()
+        inside = radius <= 6
+        torch.testing.assert_close(((turned * 100 - c) ** 2).sum(0).sqrt()[inside], radius[inside], atol=1e-3, rtol=0)
+    # The same generator state gives the same map; a mirror with probability 1 flips x.
+    draw = dict(rotation=10.0, scale=(0.9, 1.1), shift=0.1)
+    a = random_affine(ramp, torch.Generator().manual_seed(5), **draw)
+    assert torch.equal(a, random_affine(ramp, torch.Generator().manual_seed(5), **draw))
+    flipped = random_affine(
+        ramp, torch.Generator().manual_seed(0), rotation=0.0, scale=(1.0, 1.0), shift=0.0, flip_p=1.0
+    )
+    torch.testing.assert_close(flipped[0], ramp[0].flip(-1), atol=1e-6, rtol=0)
+
+
+def test_digit_augmentation_is_training_only_and_reproducible() -> None:
+    dm = _dm("digits", augment=True, binarize="threshold", noise_std=0.0)
+    plain = FusionDigits(train=True, binarize="threshold", noise_std=0.0)
+    assert dm.train_set.augment and not dm.eval_set.augment
+    keys = range(8)
+    changed = [not torch.equal(dm.train_set[k]["target"], plain[k]["target"]) for k in keys]
+    assert sum(changed) >= 6
+    for k in keys:
+        item = dm.train_set[k]
+        assert torch.equal(item["target"], dm.train_set[k]["target"])  # fixed by (seed, epoch, index)
+        assert set(item["target"].unique().tolist()) <= {0.0, 1.0}
+        visible = item["inputs"] > 0
+        assert torch.equal(item["inputs"][visible], item["target"].expand_as(item["inputs"])[visible])
+    epoch_two = dm.train_set[0 + len(dm.train_set)]["target"]
+    assert not torch.equal(epoch_two, dm.train_set[0]["target"])  # a new map every epoch
+    evaluation = FusionDigits(train=False, binarize="threshold", noise_std=0.0)
+    assert all(torch.equal(dm.eval_set[k]["target"], evaluation[k]["target"]) for k in keys)
+    with pytest.raises(ValueError, match="rotation must be in"):
+        FusionDigits(augment=True, rotation=200.0)
+    with pytest.raises(ValueError, match="shift must be in"):
+        _dm("digits", augment=True, shift=-0.1)
+    with pytest.raises(ValueError, match="augment must be true, false or null"):
+        _dm("digits", augment="yes")
 
 
 def test_digits_without_scikit_learn(monkeypatch) -> None:

@@ -189,6 +189,26 @@ def test_residual_posterior_is_relative_to_the_prior() -> None:
     assert torch.isfinite(sum(out.kl)).all()
 
 
+def test_latent_scale_at_full_resolution() -> None:
+    """Latent groups at 4², 8² and 16² on 16×16 images (the FusionDigits ``fusionvae_xy16`` setting): no
+    preprocessing halving, the last group has one latent per pixel, and every K trains."""
+    net = _tiny(posterior="residual", groups_per_scale=[2, 1, 1], latent_sizes=[4, 8, 16])
+    assert net.num_preprocess == 0 and net.group_sizes == [4, 4, 8, 16]
+    opt = torch.optim.Adamax(net.parameters(), lr=1e-3)
+    for k in range(4):
+        inputs, y = _batch(k)
+        out = net(inputs, y)
+        assert [z.shape[-1] for z in out.latents] == [4, 4, 8, 16] and out.latents[-1].shape == (3, 2, 16, 16)
+        loss = (-out.likelihood.log_prob(y) + sum(out.kl)).mean()
+        opt.zero_grad()
+        loss.backward()
+        heads = net.posterior_heads[-1]
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in heads.parameters())
+        opt.step()
+    samples = net.sample(_batch(2)[0], num_samples=2)
+    assert samples.shape[-2:] == (16, 16) and torch.isfinite(samples).all()
+
+
 @pytest.mark.parametrize("aggregation", ["max", "bayes"])
 def test_joint_posterior_sees_the_inputs(aggregation: str) -> None:
     """posterior="joint" (Table 4, q(z | x, y)): the posterior changes with x, and without inputs it equals the
