@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# --no-cache-dir: torch and its CUDA libraries take several GB; a cached second copy of the wheels can fill a disk.
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e '.[dev]'
+	$(VPY) -m pip install --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 # Blend the built-in sample photographs (datasets/samples) and print where the result went.
