@@ -128,6 +128,6 @@ def test_makefile_targets_depend_on_venv_stamp(target: str, command: str) -> Non
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     stamp = next(i for i, line in enumerate(lines) if line.startswith("touch .venv/.installed"))
-    assert any("pip install -e" in line for line in lines[:stamp])
+    assert any("pip install" in line and " -e " in line for line in lines[:stamp])
     run = [i for i, line in enumerate(lines) if line.startswith(".venv/bin/python") and command in line]
     assert run and run[-1] > stamp, lines  # the target runs after the environment is installed
