@@ -7,6 +7,7 @@ import statistics
 import time
 from typing import Callable
 
+import lightning as L
 import torch
 
 
@@ -45,3 +46,25 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+class TrainClock(L.Callback):
+    """Wall time of a ``Trainer.fit`` from the start of training batch ``warmup`` to the end of training (CUDA
+    synchronised at both ends): ``clock.stop - clock.start`` seconds for the batches after the warm-up."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.stop = int(warmup), None, None
+
+    @staticmethod
+    def _sync(module: L.LightningModule) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+
+    def on_train_batch_start(self, trainer, module, batch, index) -> None:
+        if index == self.warmup:
+            self._sync(module)
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        self._sync(module)
+        self.stop = time.perf_counter()

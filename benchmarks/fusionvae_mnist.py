@@ -29,32 +29,12 @@ from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, markdown_table  # noqa: E402
+from common import TrainClock, device_name, markdown_table  # noqa: E402
 
 from fusion.data.fusion_sets import write_synthetic_mnist  # noqa: E402
 
 MNIST_TRAIN = 60_000
 PAPER_EPOCHS = 400
-
-
-class Clock(L.Callback):
-    """Wall time of the training batches after the first ``warmup`` ones (device synchronised)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.stop = warmup, None, None
-
-    def _sync(self, module: L.LightningModule) -> None:
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)
-
-    def on_train_batch_start(self, trainer, module, batch, index) -> None:
-        if index == self.warmup:
-            self._sync(module)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, module) -> None:
-        self._sync(module)
-        self.stop = time.perf_counter()
 
 
 def build(model: str, root: str, batch: int, workers: int):
@@ -68,7 +48,7 @@ def build(model: str, root: str, batch: int, workers: int):
 def training_throughput(args: argparse.Namespace, root: str, device: torch.device) -> tuple[float, int, str]:
     datamodule, module = build(args.model, root, args.batch, args.workers)
     precision = "bf16-mixed" if device.type == "cuda" else "32-true"
-    clock = Clock(args.warmup)
+    clock = TrainClock(args.warmup)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,

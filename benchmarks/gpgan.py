@@ -31,7 +31,7 @@ from skimage.transform import resize as sk_resize
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_name, markdown_table, timeit  # noqa: E402
+from common import TrainClock, device_name, markdown_table, timeit  # noqa: E402
 
 from fusion.data.transient import TransientAttributesDataModule, write_synthetic_transient  # noqa: E402
 from fusion.methods.gaussian_poisson import gaussian_poisson_blend  # noqa: E402
@@ -75,19 +75,7 @@ def lightning_throughput(device: torch.device, batch: int, cycles: int, precisio
     batches = CRITIC_STEPS * (cycles + 1)
     loader = DataLoader(Batches(batch * batches, batch), batch_size=batch, drop_last=True)
 
-    class Clock(L.Callback):
-        def on_train_batch_start(self, trainer, module, b, idx):
-            if idx == CRITIC_STEPS:  # after the warm-up cycle
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                self.start = time.perf_counter()
-
-        def on_train_end(self, trainer, module):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.stop = time.perf_counter()
-
-    clock = Clock()
+    clock = TrainClock(CRITIC_STEPS)  # time from the end of the warm-up cycle
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
