@@ -10,6 +10,7 @@ exception propagates with its traceback.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -22,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fusion import ConvergenceWarning
 from fusion.data.io import (
     output_format,
     read_image,
@@ -40,6 +42,7 @@ __all__ = [
     "INPUT_ERRORS",
     "SAMPLES_DIR",
     "check_overrides",
+    "convergence_warnings_as_lines",
     "exit_on_input_error",
     "infer",
     "load_checkpoint",
@@ -79,9 +82,43 @@ def exit_on_input_error() -> Iterator[None]:
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 
+def _log_to_run_files(text: str) -> None:
+    """Append ``text`` as a WARNING record to the run's log files (the file handlers Hydra set up), not the console."""
+    record = logging.LogRecord("fusion", logging.WARNING, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+@contextlib.contextmanager
+def convergence_warnings_as_lines() -> Iterator[None]:
+    """Print every :class:`fusion.ConvergenceWarning` as one ``warning: ...`` line on stderr, and log it to the run.
+
+    Other warnings are shown as usual. The exit status is not affected: a run that stops at its iteration cap
+    still writes its result, and says so.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ConvergenceWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (the warnings hook)
+            if issubclass(category, ConvergenceWarning):
+                text = f"warning: {_one_line(str(message))}"
+                print(text, file=sys.stderr, flush=True)
+                _log_to_run_files(text)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def run_cli(fn: Callable[[DictConfig], Mapping[str, Any]], cfg: DictConfig) -> Mapping[str, Any]:
-    """Run ``fn(cfg)`` under :func:`exit_on_input_error` and print every path it reports as written."""
-    with exit_on_input_error():
+    """Run ``fn(cfg)`` under :func:`exit_on_input_error` and print every path it reports as written.
+
+    Convergence warnings become one ``warning: ...`` line each (:func:`convergence_warnings_as_lines`).
+    """
+    with exit_on_input_error(), convergence_warnings_as_lines():
         outputs = fn(cfg)
     for key, value in outputs.items():
         if isinstance(value, Path):

@@ -60,3 +60,29 @@ def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
 def check_positive(value: float, name: str) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_max_iter(value: object, name: str = "max_iter") -> int:
+    """An iteration cap: an integer ``>= 1`` (a cap of 0 would return the starting point as the answer).
+
+    Raises:
+        ValueError: ``value`` is not an integer (booleans included) or is below 1; the message names ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_tol(value: object, name: str = "tol") -> float:
+    """A tolerance: a finite real number ``> 0``.
+
+    Raises:
+        ValueError: ``value`` is not a real number, or not finite and positive; the message names ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if not 0 < float(value) < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
