@@ -77,7 +77,9 @@ def warn_unconverged(result: SolverResult, method: str, *, stacklevel: int = 2) 
     message += f" after {result.iterations} iteration{'s' if result.iterations != 1 else ''}"
     criterion = result.criterion or "stopping criterion"
     if reached:
-        values_text = ", ".join(f"{v:.3g}" for v in reached[: len(shown)]) + (", ..." if len(reached) > len(shown) else "")
+        values_text = ", ".join(f"{v:.3g}" for v in reached[: len(shown)])
+        if len(reached) > len(shown):
+            values_text += ", ..."
         message += f": {criterion} {values_text}"
         if result.tol is not None:
             message += f" > tol {result.tol:g}"
