@@ -207,11 +207,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _input_paths(cfg: DictConfig, needs_mask: bool = True) -> dict[str, Path]:
+def _input_paths(cfg: DictConfig, needs_mask: bool = True, samples: str | None = None) -> dict[str, Path]:
     keys = list(_SAMPLE_FILES) if needs_mask else ["fg", "bg"]
     given = {key: cfg.get(key) for key in keys}
     if all(value is None for value in given.values()) and (needs_mask or cfg.get("mask") is None):
-        paths = {key: SAMPLES_DIR / _SAMPLE_FILES[key] for key in keys}
+        folder = SAMPLES_DIR / samples if samples else SAMPLES_DIR
+        paths = {key: folder / _SAMPLE_FILES[key] for key in keys}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(
@@ -324,7 +325,7 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     spec = method_spec(name)
     device = resolve_device(cfg.get("device", "auto"))
     offset = _offset(cfg.get("offset"))
-    inputs = _input_paths(cfg, spec.needs_mask)
+    inputs = _input_paths(cfg, spec.needs_mask, spec.samples)
     outputs = _output_paths(cfg)
     _check_outputs(outputs, inputs)
 

@@ -40,21 +40,32 @@ class MethodOutput:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method.
+
+    Attributes:
+        name: the name ``infer.py method=NAME`` selects.
+        fn: the command-line adapter, ``fn(fg, bg, mask, **options)``.
+        needs_mask: ``False`` for methods of two whole images (``mask`` is then ``None``).
+        samples: sub-folder of ``datasets/samples`` holding this method's own built-in inputs (``fg.png``,
+            ``bg.png``, ``mask.png``), used when none is given; ``None`` uses the shared ones.
+    """
+
     name: str
     fn: Method
     needs_mask: bool = True
+    samples: str | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, needs_mask: bool = True) -> Callable[[Method], Method]:
-    """Decorator adding ``fn`` to the registry under ``name``."""
+def register(name: str, *, needs_mask: bool = True, samples: str | None = None) -> Callable[[Method], Method]:
+    """Decorator adding ``fn`` to the registry under ``name`` (see :class:`MethodSpec` for the options)."""
 
     def deco(fn: Method) -> Method:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, needs_mask)
+        _REGISTRY[name] = MethodSpec(name, fn, needs_mask, samples)
         return fn
 
     return deco
