@@ -4,8 +4,10 @@ Published layout under a local ``root`` (documented in ``datasets/transient_attr
 
     root/
       imageAlignedLD/<webcam>/<file>.jpg     aligned photographs, 60-120 per webcam
-      annotations/annotations.tsv            "<webcam>/<file>.jpg" then 40 tab-separated "value,confidence"
-      annotations/attributes.txt             the 40 attribute names, one a line
+      annotations/annotations.tsv            optional: "<webcam>/<file>.jpg" then 40 tab-separated "value,confidence"
+      annotations/attributes.txt             optional: the 40 attribute names, one a line
+
+GP-GAN needs only the photographs; the annotations are checked when they are there (both files or neither).
 
 A training example (GP-GAN, Section 4.1) takes two photographs of the same webcam, a source and a destination,
 resizes both so the shorter side is ``load_size``, crops the same random ``image_size`` square from each, and
@@ -40,8 +42,8 @@ __all__ = [
 
 #: The expected layout, quoted by every error about a bad root.
 LAYOUT = (
-    "expected the Transient Attributes layout: ROOT/imageAlignedLD/<webcam>/*.jpg plus "
-    "ROOT/annotations/annotations.tsv and ROOT/annotations/attributes.txt"
+    "expected the Transient Attributes layout: ROOT/imageAlignedLD/<webcam>/*.jpg (optionally with "
+    "ROOT/annotations/annotations.tsv and ROOT/annotations/attributes.txt)"
 )
 IMAGE_DIR = "imageAlignedLD"
 ANNOTATIONS = ("annotations", "annotations.tsv")
@@ -76,17 +78,27 @@ def _read_annotations(root: Path) -> tuple[list[str], int]:
 def index_webcams(root: str | Path) -> dict[str, list[Path]]:
     """Validate ``root`` and list the images of every webcam (sorted), keeping webcams with at least two images.
 
+    The annotation files are optional (GP-GAN uses the photographs only); when present they are validated.
+
     Raises:
-        FileNotFoundError: ``root`` or a part of the layout is missing (the message names the layout).
+        FileNotFoundError: ``root``, ``imageAlignedLD`` or one of the two annotation files (when the other is
+            there) is missing (the message names the layout).
         ValueError: malformed annotations, or fewer than two usable webcams.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"Transient Attributes root {str(root)!r} does not exist; {LAYOUT}")
-    for part in [(IMAGE_DIR,), ANNOTATIONS, ATTRIBUTES]:
-        if not root.joinpath(*part).exists():
-            raise FileNotFoundError(f"{root.joinpath(*part)} is missing; {LAYOUT}")
-    _read_annotations(root)
+    if not (root / IMAGE_DIR).is_dir():
+        raise FileNotFoundError(f"{root / IMAGE_DIR} is missing; {LAYOUT}")
+    present = [root.joinpath(*part).is_file() for part in (ANNOTATIONS, ATTRIBUTES)]
+    if any(present):  # the annotations are optional, but a half-present pair is a broken download
+        if not all(present):
+            have, lack = (ANNOTATIONS, ATTRIBUTES) if present[0] else (ATTRIBUTES, ANNOTATIONS)
+            raise FileNotFoundError(
+                f"{root.joinpath(*lack)} is missing but {root.joinpath(*have)} is there; the annotations are "
+                f"optional, but need both files; {LAYOUT}"
+            )
+        _read_annotations(root)
     webcams = {}
     for folder in sorted(p for p in (root / IMAGE_DIR).iterdir() if p.is_dir()):
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)

@@ -125,9 +125,22 @@ def test_object_mask_mode(root: Path, tmp_path: Path) -> None:
 def test_missing_root_names_the_layout(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"imageAlignedLD/<webcam>/\*\.jpg"):
         TransientAttributesDataModule(str(tmp_path / "nope"))
-    (tmp_path / "imageAlignedLD").mkdir()
-    with pytest.raises(FileNotFoundError, match="annotations.tsv"):
+    with pytest.raises(FileNotFoundError, match="imageAlignedLD is missing"):
         TransientAttributesDataModule(str(tmp_path))
+
+
+def test_annotations_are_optional(tmp_path: Path) -> None:
+    root = write_synthetic_transient(tmp_path / "db", webcams=3, images_per_webcam=2)
+    with_annotations = index_webcams(root)
+    (root / "annotations" / "annotations.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"annotations\.tsv is missing but .*attributes\.txt is there"):
+        index_webcams(root)
+    (root / "annotations" / "attributes.txt").unlink()
+    (root / "annotations").rmdir()
+    assert index_webcams(root) == with_annotations  # images only: the same webcams and files
+    dm = _module(root, val_fraction=0.3)
+    item = dm.train_set[0]
+    assert item["composite"].shape == (3, 32, 32)
 
 
 def test_malformed_annotations(tmp_path: Path) -> None:
