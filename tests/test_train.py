@@ -147,7 +147,8 @@ def test_fast_dev_run_every_experiment(experiment: str, data_root: Path, tmp_pat
     cfg = _compose([f"experiment={experiment}", f"data.root={data_root}", f"paths.output_dir={tmp_path}", "debug=fdr"])
     result = train(cfg)
     assert result["global_step"] >= 1
-    assert "last_checkpoint" not in result  # fast_dev_run writes no checkpoints
+    assert "last_checkpoint" not in result  # debug=fdr writes no checkpoints, as its config says
+    assert not (tmp_path / "checkpoints").exists()
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
     assert {"val/mse", "train/critic_loss"} <= set(result["metrics"])
 
