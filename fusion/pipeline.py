@@ -42,6 +42,7 @@ __all__ = [
     "INPUT_ERRORS",
     "SAMPLES_DIR",
     "check_overrides",
+    "check_targets",
     "convergence_warnings_as_lines",
     "exit_on_input_error",
     "infer",
@@ -416,8 +417,74 @@ if not OmegaConf.has_resolver("fusion_wandb_offline"):
     OmegaConf.register_new_resolver("fusion_wandb_offline", _wandb_offline)
 
 
+#: What a config may build, by the ``_target_``'s dotted path: a prefix (checked before anything is imported) and
+#: the base classes the named class must derive from. A config, or a run config saved next to a checkpoint, can
+#: therefore build fusion's networks, models, data modules and callbacks, torch optimizers and schedulers, and
+#: Lightning's callbacks, loggers and trainer, and call nothing else.
+_SAFE_TARGETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "fusion.",
+        (
+            "torch.nn.Module",
+            "torch.utils.data.Dataset",
+            "lightning.pytorch.LightningDataModule",
+            "lightning.pytorch.callbacks.Callback",
+        ),
+    ),
+    ("torch.optim.", ("torch.optim.Optimizer", "torch.optim.lr_scheduler.LRScheduler")),
+    ("lightning.pytorch.callbacks.", ("lightning.pytorch.callbacks.Callback",)),
+    ("lightning.pytorch.loggers.", ("lightning.pytorch.loggers.Logger",)),
+    ("lightning.pytorch.trainer.", ("lightning.pytorch.Trainer",)),
+    ("lightning.pytorch.Trainer", ("lightning.pytorch.Trainer",)),
+    ("lightning.Trainer", ("lightning.pytorch.Trainer",)),
+)
+
+
+def _resolve_class(dotted: str) -> Any:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_target(target: Any, where: str) -> None:
+    """Refuse a ``_target_`` that is not a class :data:`_SAFE_TARGETS` allows (``ValueError`` naming ``where``)."""
+    import inspect
+
+    dotted = str(target)
+    allowed = "fusion's own classes, torch optimizers and schedulers, and Lightning callbacks, loggers and trainers"
+    refusal = f"{where}._target_ {dotted!r} is not allowed: a config may only build {allowed}"
+    bases = next((b for prefix, b in _SAFE_TARGETS if dotted == prefix or dotted.startswith(prefix)), None)
+    if bases is None or not dotted.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(refusal)
+    try:
+        obj = _resolve_class(dotted)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"{where}._target_ {dotted!r} does not exist") from None
+    if not inspect.isclass(obj) or not any(issubclass(obj, _resolve_class(b)) for b in bases):
+        raise ValueError(refusal)
+
+
+def check_targets(node: Any, what: str) -> None:
+    """Check every ``_target_`` in ``node`` (nested dicts and lists included) before anything is built.
+
+    Raises:
+        ValueError: a target outside :data:`_SAFE_TARGETS`, named with its place in the config.
+    """
+    if isinstance(node, (DictConfig, dict)):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        for key, value in items:
+            if key == "_target_":
+                _check_target(value, what)
+            else:
+                check_targets(value, f"{what}.{key}")
+    elif isinstance(node, (ListConfig, list, tuple)):
+        for i, value in enumerate(node):
+            check_targets(value, f"{what}[{i}]")
+
+
 def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that lets bad-input errors of the target through unwrapped.
+    """``hydra.utils.instantiate`` of an allowed config (:func:`check_targets`), with bad-input errors unwrapped.
 
     Hydra wraps every exception raised by a target in ``InstantiationException``; a ``ValueError``,
     ``TypeError`` or ``FileNotFoundError`` from the target (e.g. a data module rejecting its root) is re-raised
@@ -428,6 +495,7 @@ def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
 
+    check_targets(node, what)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -510,9 +578,8 @@ def _layout_hint(cfg: DictConfig, key: str) -> str:
     if not target:
         return ""
     try:
-        from hydra.utils import get_class
-
-        layout = getattr(get_class(str(target)), "LAYOUT", None)
+        _check_target(target, parent)
+        layout = getattr(_resolve_class(str(target)), "LAYOUT", None)
     except Exception:
         return ""
     return f"; {key}: {layout}" if isinstance(layout, str) else ""
