@@ -27,7 +27,14 @@ from omegaconf import OmegaConf
 
 from fusion.data.io import atomic_output
 from fusion.metrics import bits_per_dim, importance_sampled_nll, mse_min
-from fusion.pipeline import _instantiate, _run_config_for, exit_on_input_error, load_generator, resolve_device
+from fusion.pipeline import (
+    _instantiate,
+    _run_config_for,
+    check_output_path,
+    exit_on_input_error,
+    load_generator,
+    resolve_device,
+)
 
 __all__ = ["evaluate", "format_table", "main"]
 
@@ -162,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_input_error():
         if args.json and Path(args.json).resolve() == Path(args.checkpoint).resolve():
             raise ValueError(f"--json {args.json} would overwrite the checkpoint")
+        if args.json:
+            check_output_path(Path(args.json), "--json")
         results = evaluate(
             args.checkpoint,
             num_samples=args.samples,

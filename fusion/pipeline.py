@@ -41,6 +41,7 @@ from fusion.methods.registry import register
 __all__ = [
     "INPUT_ERRORS",
     "SAMPLES_DIR",
+    "check_output_path",
     "check_overrides",
     "check_targets",
     "convergence_warnings_as_lines",
@@ -248,10 +249,29 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
+def check_output_path(path: Path, what: str) -> None:
+    """Check that a file can be written at ``path`` before anything is written.
+
+    ``path`` must not be a folder, and the first of its ancestors that exists must be a writable folder (not a
+    file: ``out=a.png/r.png`` with ``a.png`` a file is refused here, not by a failed ``mkdir`` later).
+
+    Raises:
+        ValueError: naming ``what`` and the offending path.
+    """
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; it must name a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path} cannot be written: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} {path} cannot be written: no permission to write in {parent}")
+            return
+
+
 def _check_outputs(outputs: Mapping[str, Path], inputs: Mapping[str, Path]) -> None:
     for key, path in outputs.items():
-        if path.is_dir():
-            raise ValueError(f"{key} output {path} is a directory; out= must name a file")
+        check_output_path(path, f"{key} output")
         if path.suffix.lower() != ".csv":
             output_format(path)
         for name, source in inputs.items():
