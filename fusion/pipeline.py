@@ -437,6 +437,35 @@ if not OmegaConf.has_resolver("fusion_wandb_offline"):
     OmegaConf.register_new_resolver("fusion_wandb_offline", _wandb_offline)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Help text (``--help`` of infer.py and train.py)
+# ----------------------------------------------------------------------------------------------------
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def config_summary(path: Path) -> str:
+    """The one-line summary of a config file: its first comment line (after a ``# @package`` line)."""
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if not text.startswith("#"):
+            break
+        text = text.lstrip("#").strip()
+        if text and not text.startswith("@package"):
+            return text
+    return ""
+
+
+def group_help(group: str) -> str:
+    """One line per option of a config group: ``name  summary``, aligned (for the ``--help`` texts)."""
+    files = sorted((CONFIG_DIR / group).glob("*.yaml"))
+    width = max((len(f.stem) for f in files), default=0)
+    return "\n".join(f"  {f.stem.ljust(width)}  {config_summary(f)}".rstrip() for f in files)
+
+
+if not OmegaConf.has_resolver("fusion_group_help"):
+    OmegaConf.register_new_resolver("fusion_group_help", group_help)
+
+
 #: What a config may build, by the ``_target_``'s dotted path: a prefix (checked before anything is imported) and
 #: the base classes the named class must derive from. A config, or a run config saved next to a checkpoint, can
 #: therefore build fusion's networks, models, data modules and callbacks, torch optimizers and schedulers, and
