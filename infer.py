@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fusion.pipeline import check_overrides, exit_on_input_error, infer, run_cli
+from fusion.pipeline import exit_on_input_error, infer, prepare_run, run_cli
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -22,5 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with exit_on_input_error():
-        check_overrides(sys.argv[1:], CONFIG_DIR, "infer")
+        sys.argv += prepare_run(sys.argv[1:], CONFIG_DIR, "infer")
     main()

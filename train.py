@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fusion.pipeline import check_overrides, exit_on_input_error, run_cli, train
+from fusion.pipeline import exit_on_input_error, prepare_run, run_cli, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -22,5 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     with exit_on_input_error():
-        check_overrides(sys.argv[1:], CONFIG_DIR, "train")
+        sys.argv += prepare_run(sys.argv[1:], CONFIG_DIR, "train")
     main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,11 +45,13 @@ __all__ = [
     "check_output_path",
     "check_overrides",
     "check_targets",
+    "claim_run_dir",
     "convergence_warnings_as_lines",
     "exit_on_input_error",
     "infer",
     "load_checkpoint",
     "load_generator",
+    "prepare_run",
     "resolve_device",
     "run_cli",
     "train",
@@ -120,8 +123,12 @@ def run_cli(fn: Callable[[DictConfig], Mapping[str, Any]], cfg: DictConfig) -> M
 
     Convergence warnings become one ``warning: ...`` line each (:func:`convergence_warnings_as_lines`).
     """
-    with exit_on_input_error(), convergence_warnings_as_lines():
-        outputs = fn(cfg)
+    try:
+        with exit_on_input_error(), convergence_warnings_as_lines():
+            outputs = fn(cfg)
+    except BaseException:
+        _discard_claimed_run_dir()  # a failed run leaves no folder behind
+        raise
     for key, value in outputs.items():
         if isinstance(value, Path):
             print(f"wrote {key}: {value}")
@@ -138,13 +145,17 @@ def _group_options(config_dir: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
 
 
-def check_overrides(argv: Sequence[str], config_dir: str | os.PathLike[str], config_name: str) -> None:
+def check_overrides(argv: Sequence[str], config_dir: str | os.PathLike[str], config_name: str) -> DictConfig | None:
     """Compose ``config_name`` with the command-line overrides once, before Hydra runs, to vet them.
 
     An unknown option of a config group (e.g. ``method=nope``) raises ``ValueError`` listing the available
     ones; any other composition failure (syntax error, unknown key) raises ``ValueError`` with the gist of
     Hydra's message. Command lines with flags (``--help``, ``--multirun``, ``--cfg``, ...) are left entirely
     to Hydra.
+
+    Returns:
+        The composed config (with its ``hydra`` node), or ``None`` when nothing was composed (flags, or Hydra is
+        already initialised).
 
     Raises:
         ValueError: the overrides do not compose into a valid config.
@@ -157,7 +168,7 @@ def check_overrides(argv: Sequence[str], config_dir: str | os.PathLike[str], con
 
     argv = list(argv)
     if any(arg.startswith("-") for arg in argv):
-        return
+        return None
     config_dir = Path(config_dir).resolve()
     parser = OverridesParser.create()
     overrides = []
@@ -175,12 +186,80 @@ def check_overrides(argv: Sequence[str], config_dir: str | os.PathLike[str], con
             options = ", ".join(_group_options(config_dir, group)) or "(none)"
             raise ValueError(f"unknown {group} {value!r}; expected one of: {options}")
     if GlobalHydra.instance().is_initialized():
-        return
+        return None
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            compose(config_name=config_name, overrides=argv)
+            return compose(config_name=config_name, overrides=argv, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"invalid override: {_hydra_message(err)}") from None
+
+
+#: The run folder this process claimed (see :func:`prepare_run`), and the folders created for it: removed again
+#: when the run fails.
+_claimed_run_dir: Path | None = None
+_created_parents: list[Path] = []
+
+
+def claim_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Create a new, empty run folder at ``path`` (or ``path-2``, ``path-3``, … when taken) and return it.
+
+    The folder is created with an exclusive ``mkdir``, so two runs started at the same moment never share one and an
+    existing folder is never reused.
+    """
+    base = Path(path).absolute()
+    missing = [p for p in base.parents if not p.exists()]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    _created_parents[:] = missing  # innermost first
+    for n in range(1, 10_000):
+        candidate = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ValueError(f"cannot create a new run folder next to {base}: too many runs of that name")
+
+
+def prepare_run(argv: Sequence[str], config_dir: str | os.PathLike[str], config_name: str) -> list[str]:
+    """Vet the command line (:func:`check_overrides`) and decide where the run writes; return Hydra overrides to add.
+
+    * ``infer.py ... out=PATH``: the outputs go where ``out`` says and nothing else is written (no run folder, no
+      saved config, no log file: warnings go to stderr only).
+    * otherwise, unless ``hydra.run.dir`` is given: a new run folder is claimed (:func:`claim_run_dir`) from the
+      configured pattern (``outputs/<task>/<date>_<time>-<microseconds>``), and :func:`run_cli` removes it again if
+      the run fails before writing a checkpoint.
+
+    Command lines with flags (``--help``, ``--multirun``, ...) are left to Hydra.
+    """
+    global _claimed_run_dir
+    cfg = check_overrides(argv, config_dir, config_name)
+    if cfg is None or any(arg.startswith("-") for arg in argv):
+        return []
+    if config_name == "infer" and cfg.get("out") is not None:
+        return ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    if any(arg.lstrip("+~").split("=", 1)[0] == "hydra.run.dir" for arg in argv):
+        return []
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        pattern = str(OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=True))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"invalid hydra.run.dir: {_hydra_message(err)}") from None
+    _claimed_run_dir = claim_run_dir(pattern)
+    return [f"hydra.run.dir={_claimed_run_dir}"]
+
+
+def _discard_claimed_run_dir() -> None:
+    """Remove the run folder this process claimed, unless the run got as far as writing a checkpoint."""
+    global _claimed_run_dir
+    folder, _claimed_run_dir = _claimed_run_dir, None
+    if folder is None or not folder.is_dir() or any(folder.rglob("*.ckpt")):
+        return
+    logging.shutdown()  # close the run's log file before removing it
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in _created_parents:  # the folders made for it, if nothing else has moved in
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 # ----------------------------------------------------------------------------------------------------
