@@ -361,21 +361,87 @@ def test_pipeline_on_cuda(tmp_path, inputs) -> None:
 # Image IO
 # ------------------------------------------------------------------------------------------------------------
 def test_io_round_trips(tmp_path) -> None:
-    img = torch.rand(1, 3, 5, 7)
-    write_image(tmp_path / "a.png", img)
-    assert torch.allclose(read_image(tmp_path / "a.png"), img, atol=0.5 / 255 + 1e-6)
-    write_image(tmp_path / "a.npy", img)
-    assert torch.equal(read_image(tmp_path / "a.npy"), img)
-    gray = torch.rand(1, 1, 5, 7)
-    write_image(tmp_path / "g.png", gray)
-    assert read_image(tmp_path / "g.png").shape == (1, 1, 5, 7)
-    assert torch.allclose(read_mask(tmp_path / "a.png"), read_mask(tmp_path / "a.png").clamp(0, 1))
-    assert read_mask(tmp_path / "a.png").shape == (1, 1, 5, 7)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "a.npy",
-        "a.png",
-        "g.png",
-    ]  # no temporary files left
+    """Pixel values against what Pillow, NumPy, tifffile and OpenCV write and read: 8-bit RGB and grey PNGs both
+    ways, 16-bit grey PNGs and TIFFs, 16-bit colour TIFFs (exact) and PNGs (8 bits, with a warning), ``.npy``
+    both ways; writing clamps to [0, 1] and leaves no temporary file behind."""
+    import warnings
+
+    import cv2
+    import tifffile
+
+    # 8-bit codes k and values (k + d) / 255, d in {-0.4, ..., 0.4} away from rounding ties; codes 0 and 255 with
+    # an offset lie outside [0, 1] and must clamp to 0 and 255
+    codes = ((np.arange(5 * 7 * 3) * 37) % 256).reshape(5, 7, 3).astype(np.uint8)
+    codes[0, 0], codes[0, 1] = (0, 255, 0), (255, 0, 255)
+    offsets = 0.2 * ((np.arange(5 * 7 * 3) % 5) - 2).reshape(5, 7, 3)
+    offsets[0, 0], offsets[0, 1] = (-0.4, 0.4, -0.4), (0.4, -0.4, 0.4)
+    values = (codes + offsets) / 255
+    assert values.min() < 0 and values.max() > 1
+    rgb = torch.from_numpy(values.transpose(2, 0, 1)[None].astype(np.float32))
+    write_image(tmp_path / "rgb.png", rgb)
+    with Image.open(tmp_path / "rgb.png") as written:
+        assert written.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(written), codes)
+    write_image(tmp_path / "grey.png", rgb[:, 1:2])
+    with Image.open(tmp_path / "grey.png") as written:
+        assert written.mode == "L"
+        np.testing.assert_array_equal(np.asarray(written), codes[..., 1])
+
+    # files written by Pillow: 8-bit RGB and grey, 16-bit grey (PNG and TIFF)
+    exact = dict(rtol=0, atol=1e-7)
+    Image.fromarray(codes).save(tmp_path / "pil_rgb.png")
+    got = read_image(tmp_path / "pil_rgb.png")
+    assert got.shape == (1, 3, 5, 7) and got.dtype == torch.float32
+    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), codes / 255, **exact)
+    assert float(got[0, 0, 0, 1]) == 1.0 and float(got[0, 1, 0, 1]) == 0.0  # channel order R, G, B
+    Image.fromarray(codes[..., 2]).save(tmp_path / "pil_grey.png")
+    for read in (read_image, read_mask):
+        got = read(tmp_path / "pil_grey.png")
+        assert got.shape == (1, 1, 5, 7)
+        np.testing.assert_allclose(got[0, 0].numpy(), codes[..., 2] / 255, **exact)
+    deep = (np.arange(5 * 7).reshape(5, 7) * 1927 % 65536).astype(np.uint16)
+    deep[0, :2] = (0, 65535)
+    for name in ("pil_grey16.png", "pil_grey16.tif"):
+        Image.fromarray(deep).save(tmp_path / name)
+        for read in (read_image, read_mask):
+            np.testing.assert_allclose(read(tmp_path / name)[0, 0].numpy(), deep / 65535, **exact)
+
+    # 16-bit colour: a TIFF (tifffile, interleaved and planar) keeps its 16 bits; Pillow decodes a 16-bit colour
+    # PNG (OpenCV writes BGR) at 8 bits per channel, the high byte, and read_image says so
+    deep_rgb = (np.arange(5 * 7 * 3).reshape(5, 7, 3) * 3001 % 65536).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", deep_rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "rgb16_planar.tif", deep_rgb.transpose(2, 0, 1), photometric="rgb", planarconfig=2)
+    for name in ("rgb16.tif", "rgb16_planar.tif"):
+        got = read_image(tmp_path / name)
+        np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), deep_rgb / 65535, **exact)
+        luma = deep_rgb @ np.array([0.299, 0.587, 0.114]) / 65535
+        np.testing.assert_allclose(read_mask(tmp_path / name)[0, 0].numpy(), luma, rtol=0, atol=1e-6)
+    assert cv2.imwrite(str(tmp_path / "rgb16.png"), deep_rgb[..., ::-1])
+    with pytest.warns(UserWarning, match=r"rgb16\.png.*16 bits per colour channel.*8 bits"):
+        got = read_image(tmp_path / "rgb16.png")
+    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), (deep_rgb >> 8) / 255, **exact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no such warning for 8-bit or 16-bit grey files
+        read_image(tmp_path / "pil_rgb.png"), read_image(tmp_path / "pil_grey16.png")
+
+    # .npy: float32 values stored unchanged in (H, W, C); arrays NumPy wrote are read as values or integer codes
+    write_image(tmp_path / "rgb.npy", rgb)
+    stored = np.load(tmp_path / "rgb.npy")
+    assert stored.dtype == np.float32 and stored.shape == (5, 7, 3)
+    np.testing.assert_array_equal(stored, np.clip(values, 0, 1).astype(np.float32))
+    torch.testing.assert_close(read_image(tmp_path / "rgb.npy"), rgb.clamp(0, 1), rtol=0, atol=0)
+    for name, array, expected in [
+        ("f64.npy", values.clip(0, 1), values.clip(0, 1)),
+        ("u8.npy", codes, codes / 255),
+        ("u16.npy", deep_rgb, deep_rgb / 65535),
+        ("grey_f64.npy", values[..., 0].clip(0, 1), values[..., 0].clip(0, 1)[..., None]),
+        ("bool.npy", codes[..., 0] > 100, (codes[..., 0] > 100)[..., None].astype(float)),
+    ]:
+        np.save(tmp_path / name, array)
+        got = read_image(tmp_path / name)
+        np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), expected, **exact)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".part"]
+    assert leftovers == []  # no temporary files left
 
 
 def test_io_reads_16_bit_png(tmp_path) -> None:

@@ -1,9 +1,10 @@
 """Image and mask IO: files ⇄ ``(1, C, H, W)`` float32 tensors in [0, 1].
 
-Reading goes through Pillow (8-bit and 16-bit PNG, JPEG, TIFF including 32-bit float, ...) or NumPy
-``.npy`` arrays (``(H, W)`` or ``(H, W, C)``; float arrays are taken as values in [0, 1], integer arrays are
-scaled by their type's maximum). Every reader raises ``FileNotFoundError`` for a missing file and
-``ValueError`` naming the path for a file that cannot be decoded or holds values outside [0, 1], NaN or Inf.
+Reading goes through Pillow (8-bit and 16-bit PNG, JPEG, TIFF including 32-bit float, ...), ``tifffile`` for
+16-bit colour TIFFs (Pillow decodes those at 8 bits per channel), or NumPy ``.npy`` arrays (``(H, W)`` or
+``(H, W, C)``; float arrays are taken as values in [0, 1], integer arrays are scaled by their type's maximum).
+Every reader raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for a file that
+cannot be decoded or holds values outside [0, 1], NaN or Inf.
 
 Writing is atomic: the image is written to a temporary file in the destination directory and moved into place
 with :func:`os.replace`, so an interrupted run never leaves a truncated output behind.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -85,6 +87,37 @@ def _pil_to_array(image: Image.Image, *, gray: bool) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def _deep_colour(image: Image.Image) -> bool:
+    """Whether an opened (not yet loaded) colour image stores more than 8 bits per channel, which Pillow decodes
+    into its 8-bit ``RGB``/``RGBA`` modes (keeping the high byte)."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    if image.format == "TIFF":
+        bits = image.tag_v2.get(258, 8)  # BitsPerSample, one value per channel
+        return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    rawmodes = (tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile)
+    return any(isinstance(raw, str) and ";16" in raw for raw in rawmodes)
+
+
+def _tiff_colour(path: Path, *, gray: bool) -> np.ndarray | None:
+    """First page of a 16-bit colour TIFF read exactly with ``tifffile``, as ``(H, W, 3)`` or its luma ``(H, W)``;
+    ``None`` when ``tifffile`` cannot decode it (e.g. a compression it lacks a codec for)."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            array, axes = page.asarray(), page.axes
+    except Exception:  # any failure falls back to Pillow
+        return None
+    if array.dtype != np.uint16 or array.ndim != 3 or "S" not in axes:
+        return None
+    rgb = np.moveaxis(array, axes.index("S"), -1)[..., :3].astype(np.float32) / 65535.0
+    if gray:  # ITU-R 601-2 luma, the weights of Pillow's conversion to "L"
+        return np.clip(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32), 0.0, 1.0)
+    return rgb
+
+
 def _load(path: str | os.PathLike[str], what: str, *, gray: bool) -> np.ndarray:
     path = _as_path(path)
     _check_file(path, what)
@@ -93,8 +126,18 @@ def _load(path: str | os.PathLike[str], what: str, *, gray: bool) -> np.ndarray:
     else:
         try:
             with Image.open(path) as image:
-                image.load()
-                array = _pil_to_array(image, gray=gray)
+                deep = _deep_colour(image)
+                array = _tiff_colour(path, gray=gray) if deep and image.format == "TIFF" else None
+                if array is None:
+                    if deep:
+                        warnings.warn(
+                            f"{what} {path} has 16 bits per colour channel, which Pillow decodes at 8 bits per "
+                            "channel (steps of 1/255); save it as a 16-bit TIFF or a .npy array to keep them",
+                            UserWarning,
+                            stacklevel=3,
+                        )
+                    image.load()
+                    array = _pil_to_array(image, gray=gray)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"cannot read {what} {path}: {err}") from None
     if array.size == 0:
@@ -110,8 +153,9 @@ def _load(path: str | os.PathLike[str], what: str, *, gray: bool) -> np.ndarray:
 def read_image(path: str | os.PathLike[str], *, what: str = "image") -> torch.Tensor:
     """Read a grayscale or RGB image as a ``(1, C, H, W)`` float32 tensor in [0, 1], ``C`` ∈ {1, 3}.
 
-    Palette, alpha and other colour modes are converted to RGB (alpha is dropped); 16-bit files keep their
-    precision. ``what`` names the input in error messages (e.g. ``"fg"``).
+    Palette, alpha and other colour modes are converted to RGB (alpha is dropped). 16-bit grey files and 16-bit
+    colour TIFFs keep their precision; a 16-bit colour PNG is decoded by Pillow at 8 bits per channel (its high
+    byte), with a ``UserWarning`` saying so. ``what`` names the input in error messages (e.g. ``"fg"``).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -202,6 +202,11 @@ class HierarchicalEncoder(nn.Module):
         return features[::-1]
 
 
+def _promoted(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in a reduced precision (autocast), else unchanged (float32 or float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _head(channels: int, out_channels: int) -> nn.Sequential:
     """ELU then a 3×3 convolution (NVAE's samplers), used for the distribution parameters."""
     return nn.Sequential(nn.ELU(), nn.Conv2d(channels, out_channels, 3, padding=1))
@@ -397,21 +402,21 @@ class FusionVAE(nn.Module):
         estimates_mu, estimates_var = [], []
         if ctx is not None:
             b, k = ctx.shape[:2]
-            mu, log_var = self.prior_heads[g](ctx.reshape(b * k, *ctx.shape[2:])).float().chunk(2, dim=1)
+            mu, log_var = _promoted(self.prior_heads[g](ctx.reshape(b * k, *ctx.shape[2:]))).chunk(2, dim=1)
             estimates_mu.append(mu.reshape(b, k, *mu.shape[1:]))
             estimates_var.append(log_var.reshape(b, k, *log_var.shape[1:]))
         if self.aggregation_target == "all":
-            prior_mu, prior_log_var = self.bayes_prior[g].float().chunk(2, dim=0)
+            prior_mu, prior_log_var = _promoted(self.bayes_prior[g]).chunk(2, dim=0)
             if d is not None:
-                mu, log_var = self.belief_heads[g](d).float().chunk(2, dim=1)
+                mu, log_var = _promoted(self.belief_heads[g](d)).chunk(2, dim=1)
                 estimates_mu.append(mu.unsqueeze(1))
                 estimates_var.append(log_var.unsqueeze(1))
         elif d is not None:
-            prior_mu, prior_log_var = self.belief_heads[g](d).float().chunk(2, dim=1)
+            prior_mu, prior_log_var = _promoted(self.belief_heads[g](d)).chunk(2, dim=1)
         else:
             z = self.group_sizes[g]
-            device = self.h.device
-            prior_mu = torch.zeros(self.latent_channels, z, z, device=device)
+            dtype = torch.promote_types(self.h.dtype, torch.float32)
+            prior_mu = torch.zeros(self.latent_channels, z, z, device=self.h.device, dtype=dtype)
             prior_log_var = torch.zeros_like(prior_mu)
         shape = (batch, self.latent_channels, self.group_sizes[g], self.group_sizes[g])
         if not estimates_mu:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import struct
 import sys
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
+from fusion.data import fusion_sets
 from fusion.data.fusion_sets import (
     EVAL_OCCLUDER_CLASSES,
     TARGET_CLASSES,
@@ -20,7 +24,10 @@ from fusion.data.fusion_sets import (
     FusionDataModule,
     FusionDigits,
     FusionMNIST,
+    FusionSet,
     FusionTLESS,
+    TrainCollate,
+    _write_idx,
     find_mnist_files,
     index_tless,
     paste_occluder,
@@ -91,6 +98,119 @@ def test_read_idx_round_trip_and_corrupt_files(mnist: Path, tmp_path: Path) -> N
         read_idx(tmp_path / "bad.gz")
     with pytest.raises(FileNotFoundError):
         read_idx(tmp_path / "absent")
+
+
+# The published IDX layout (LeCun et al., "THE MNIST DATABASE of handwritten digits"): a 32-bit big-endian magic
+# number 0x00000803 (images: unsigned bytes, 3 dimensions) or 0x00000801 (labels: unsigned bytes, 1 dimension),
+# one big-endian 32-bit size per dimension, then the values in row-major order. The bytes below are laid out from
+# that description alone, never by the reader or the writer under test.
+_PIXELS = [
+    [[0, 1, 2, 3], [128, 129, 200, 255], [17, 34, 51, 68]],
+    [[255, 254, 253, 252], [5, 0, 5, 0], [99, 100, 101, 102]],
+]  # two images of 3 rows and 4 columns (no size equals another, bytes >= 128 included)
+_IMAGE_HEADER = b"\x00\x00\x08\x03" + b"\x00\x00\x00\x02" + b"\x00\x00\x00\x03" + b"\x00\x00\x00\x04"
+_LABELS = [7, 3] + [(5 * i) % 10 for i in range(298)]  # 300 labels: the count needs two bytes (0x012c)
+_LABEL_HEADER = b"\x00\x00\x08\x01" + b"\x00\x00\x01\x2c"
+
+
+def _hand_images() -> bytes:
+    return _IMAGE_HEADER + bytes(v for image in _PIXELS for row in image for v in row)
+
+
+def _hand_labels() -> bytes:
+    return _LABEL_HEADER + bytes(_LABELS)
+
+
+def test_idx_hand_laid_bytes_agree_with_struct_big_endian() -> None:
+    """The literal headers above are the big-endian words of the format (a check of the test's own layout)."""
+    assert _IMAGE_HEADER == struct.pack(">I", 0x00000803) + struct.pack(">III", 2, 3, 4)
+    assert _LABEL_HEADER == struct.pack(">I", 0x00000801) + struct.pack(">I", 300)
+    assert len(_hand_images()) == 16 + 2 * 3 * 4 and len(_hand_labels()) == 8 + 300
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_of_hand_laid_files(gz: bool, tmp_path: Path) -> None:
+    suffix = ".gz" if gz else ""
+    images, labels = tmp_path / f"images-idx3-ubyte{suffix}", tmp_path / f"labels-idx1-ubyte{suffix}"
+    for path, data in ((images, _hand_images()), (labels, _hand_labels())):
+        path.write_bytes(gzip.compress(data) if gz else data)
+    got = read_idx(images)
+    assert got.dtype == torch.uint8 and got.shape == (2, 3, 4)
+    assert got.tolist() == _PIXELS
+    got = read_idx(labels)
+    assert got.dtype == torch.uint8 and got.shape == (300,)
+    assert got.tolist() == _LABELS
+    for name, data in (("long", _hand_images() + b"\x00"), ("short", _hand_images()[:-1])):
+        (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+        with pytest.raises(ValueError, match="implies 40; the file is truncated or corrupt"):
+            read_idx(tmp_path / name)
+
+
+def test_read_idx_of_hand_laid_multi_byte_types(tmp_path: Path) -> None:
+    """Type codes 0x09, 0x0B, 0x0C, 0x0D, 0x0E: the values are big-endian too."""
+    cases = [
+        (0x09, ">3b", [-128, -1, 127], torch.int8),
+        (0x0B, ">3h", [-2, 300, 32767], torch.int16),
+        (0x0C, ">3i", [-70000, 1, 2**31 - 1], torch.int32),
+        (0x0D, ">3f", [1.5, -0.25, 1024.0], torch.float32),
+        (0x0E, ">3d", [math.pi, -1e-300, 2.0**60], torch.float64),
+    ]
+    for code, fmt, values, dtype in cases:
+        path = tmp_path / f"type{code:02x}-idx1"
+        path.write_bytes(bytes([0, 0, code, 1]) + struct.pack(">I", 3) + struct.pack(fmt, *values))
+        got = read_idx(path)
+        assert got.dtype == dtype and got.tolist() == values, f"type 0x{code:02x}"
+    # a 2-dimensional int16 array: sizes and values big-endian, row-major
+    path = tmp_path / "matrix-idx2"
+    path.write_bytes(bytes([0, 0, 0x0B, 2]) + struct.pack(">II", 2, 3) + struct.pack(">6h", 1, -2, 3, 256, -257, 9))
+    assert read_idx(path).tolist() == [[1, -2, 3], [256, -257, 9]]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_writer_lays_out_the_published_bytes(suffix: str, tmp_path: Path) -> None:
+    images, labels = tmp_path / f"i-idx3-ubyte{suffix}", tmp_path / f"l-idx1-ubyte{suffix}"
+    _write_idx(images, np.array(_PIXELS, dtype=np.uint8))
+    _write_idx(labels, np.array(_LABELS, dtype=np.uint8))
+    raw_images, raw_labels = images.read_bytes(), labels.read_bytes()
+    if suffix:
+        assert raw_images[:2] == raw_labels[:2] == b"\x1f\x8b"  # gzip members
+        raw_images, raw_labels = gzip.decompress(raw_images), gzip.decompress(raw_labels)
+    assert raw_images == _hand_images()
+    assert raw_labels == _hand_labels()
+
+
+def test_synthetic_mnist_files_have_the_published_headers(tmp_path: Path) -> None:
+    root = write_synthetic_mnist(tmp_path, n_train=3, n_test=300, gz=False)
+    for prefix, n in (("train", 3), ("t10k", 300)):
+        raw = (root / f"{prefix}-images-idx3-ubyte").read_bytes()
+        assert raw[:16] == b"\x00\x00\x08\x03" + struct.pack(">III", n, 28, 28) and len(raw) == 16 + n * 28 * 28
+        raw = (root / f"{prefix}-labels-idx1-ubyte").read_bytes()
+        assert raw[:8] == b"\x00\x00\x08\x01" + struct.pack(">I", n) and len(raw) == 8 + n
+        assert max(raw[8:]) <= 9
+
+
+def test_fusion_mnist_reads_hand_laid_digits_and_pads_them_to_32(tmp_path: Path) -> None:
+    """A hand-laid MNIST folder (28×28 digits whose pixels encode their position): FusionMNIST's targets are the
+    digits /255 with 2 zero rows and columns on every side."""
+    n = 3
+    pattern = [[[(11 * r + 3 * c + 50 * i) % 256 for c in range(28)] for r in range(28)] for i in range(n)]
+    body = bytes(v for image in pattern for row in image for v in row)
+    for prefix in ("train", "t10k"):
+        header = b"\x00\x00\x08\x03" + struct.pack(">III", n, 28, 28)
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(header + body)
+        (tmp_path / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", n) + bytes([4, 1, 9]))
+        )
+    data = FusionMNIST(tmp_path, train=False, noise_std=0.0)
+    training = FusionMNIST(tmp_path, train=True, noise_std=0.0)
+    assert len(data) == len(training) == n
+    for i in range(n):
+        expected = np.zeros((32, 32), dtype=np.float64)
+        expected[2:30, 2:30] = np.array(pattern[i], dtype=np.float64) / 255
+        np.testing.assert_allclose(data[i]["target"][0].double().numpy(), expected, rtol=0, atol=1e-7)
+        # the same digits in both splits: the evaluation split draws its own masks (its own random streams)
+        assert torch.equal(training[i]["target"], data[i]["target"])
+        assert not torch.equal(training[i]["inputs"], data[i]["inputs"])
 
 
 def test_mnist_layouts_and_padding(mnist: Path, tmp_path: Path) -> None:
@@ -224,6 +344,32 @@ def test_celeba_flips_target_and_views_together(celeba: Path) -> None:
     assert 5 < sum(flips) < 35
     dm = _dm("celeba", celeba)
     assert dm.train_set.flip_p == 0.5 and dm.eval_set.flip_p == 0.0
+    partition = dict(line.split() for line in (celeba / "list_eval_partition.txt").read_text().splitlines())
+    assert [p.name for p in dm.train_set.paths] == sorted(f for f, part in partition.items() if part == "0")
+    assert [p.name for p in dm.eval_set.paths] == sorted(f for f, part in partition.items() if part == "2")
+
+
+def test_celeba_centre_crop_and_flip_of_a_hand_made_face(tmp_path: Path) -> None:
+    """A 218×178 picture, black outside its central 148×148 square (rows 35-182, columns 15-162), white inside
+    except a red band over the square's left 20 columns: the target is that square (crop 148, no resize), its
+    mirror image when flipped, and its resized (antialiased) white/red split at 64×64."""
+    folder = tmp_path / "img_align_celeba"
+    folder.mkdir()
+    picture = np.zeros((218, 178, 3), dtype=np.uint8)
+    picture[35:183, 15:163] = 255
+    picture[35:183, 15:35] = (255, 0, 0)
+    Image.fromarray(picture).save(folder / "000001.jpg", format="PNG")  # lossless content under the listed name
+    (tmp_path / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+    square = torch.from_numpy(picture[35:183, 15:163].astype(np.float32) / 255).permute(2, 0, 1)
+    plain = FusionCelebA(tmp_path, image_size=148, flip_p=0.0, noise_std=0.0)[0]["target"]
+    torch.testing.assert_close(plain, square, rtol=0, atol=0)
+    mirrored = FusionCelebA(tmp_path, image_size=148, flip_p=1.0, noise_std=0.0)[0]["target"]
+    torch.testing.assert_close(mirrored, square.flip(-1), rtol=0, atol=0)
+    small = FusionCelebA(tmp_path, flip_p=0.0, noise_std=0.0)[0]["target"]  # 64×64: red band 20·64/148 ≈ 8.6 wide
+    assert small.shape == (3, 64, 64)
+    torch.testing.assert_close(small[:, :, 10:], torch.ones(3, 64, 54), rtol=0, atol=1e-6)
+    torch.testing.assert_close(small[0, :, :8], torch.ones(64, 8), rtol=0, atol=1e-6)
+    assert float(small[1:, :, :8].max()) < 1e-6
 
 
 def test_celeba_bad_roots(celeba: Path, tmp_path: Path) -> None:
@@ -460,3 +606,42 @@ def test_threshold_binarisation_is_deterministic() -> None:
         torch.testing.assert_close(target, crisp[key + len(crisp)]["target"])  # the same in every epoch
     with pytest.raises(ValueError, match="binarize"):
         FusionDigits(binarize="sometimes")
+
+
+def test_training_k_is_uniform_over_zero_to_max_inputs() -> None:
+    """Section 5.4: K uniform in {0, 1, 2, 3}, one per batch, fixed by the batch's first key."""
+    item = {"target": torch.zeros(1, 2, 2), "inputs": torch.zeros(3, 1, 2, 2)}
+    collate = TrainCollate(3, seed=0)
+    ks = [collate([(key, item), (key + 1, item)])["inputs"].shape[1] for key in range(0, 1600, 2)]
+    counts = np.bincount(ks, minlength=5)
+    assert counts[4] == 0 and all(abs(c / len(ks) - 0.25) < 0.05 for c in counts[:4])
+    assert ks == [collate([(key, item)])["inputs"].shape[1] for key in range(0, 1600, 2)]
+
+
+def test_threshold_binarisation_keeps_values_above_one_half() -> None:
+    data = FusionSet(1, max_inputs=1, binarize="threshold", seed=0, split=0)
+    grey = torch.tensor([0.0, 0.25, 0.5, 0.5 + 1e-6, 0.75, 1.0])
+    assert data.binarized(grey, torch.Generator()).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_tless_views_paste_five_to_eight_occluders(tless: tuple[Path, Path], monkeypatch) -> None:
+    """Each view pastes n occluders, n uniform in {5, ..., 8} (both ends included)."""
+    root, occluders = tless
+    train = FusionTLESS(root, occluders)
+    calls = []
+    monkeypatch.setattr(fusion_sets, "paste_occluder", lambda canvas, rgba, **kwargs: calls.append(1) or canvas)
+    counts = []
+    image = torch.zeros(3, 64, 64)
+    for seed in range(120):
+        calls.clear()
+        train._occlude(image, torch.Generator().manual_seed(seed))
+        counts.append(len(calls))
+    assert set(counts) == {5, 6, 7, 8}
+
+
+def test_digit_splits_draw_from_their_own_random_streams() -> None:
+    """``split`` enters the item seed: item i of the training and of the evaluation part never share a stream."""
+    train, test = FusionDigits(train=True), FusionDigits(train=False)
+    for key in (0, 7):
+        a, b = train.generator(key)[1], test.generator(key)[1]
+        assert not torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))

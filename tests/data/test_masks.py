@@ -95,3 +95,46 @@ def test_corrupt_noise_has_its_std_and_is_clipped(device: torch.device) -> None:
         corrupt(image, image, noise_std=-0.1)
     with pytest.raises(ValueError, match="does not broadcast"):
         corrupt(image, torch.ones(1, 1, 8, 8, device=device), noise_std=0.0)
+
+
+def test_single_ellipses_on_a_non_square_grid_have_the_drawn_sizes_shapes_angles_and_places() -> None:
+    """On a 120×60 grid (Section 5.1: random size, shape, position; here also rotation): semi-axes within
+    [min_axis, max_axis]·min(H, W) and of unequal lengths, principal axes at every angle, centres spread over the
+    whole height and width."""
+    h, w, lo, hi = 120, 60, 0.1, 0.25
+    m = ellipse_masks(300, h, w, generator=torch.Generator().manual_seed(4), min_ellipses=1, max_ellipses=1,
+                      min_axis=lo, max_axis=hi)[:, 0].numpy() > 0  # fmt: skip
+    ratios, angles, rows_c, cols_c = [], [], [], []
+    for mask in m:
+        rows, cols = np.nonzero(mask)
+        rows_c.append(rows.mean())
+        cols_c.append(cols.mean())
+        if rows.min() == 0 or cols.min() == 0 or rows.max() == h - 1 or cols.max() == w - 1:
+            continue  # cut at the border
+        eig, vec = np.linalg.eigh(np.cov(np.stack([rows, cols]).astype(float)))
+        b, a = 2 * np.sqrt(eig)  # minor and major semi-axes of a filled ellipse
+        assert lo * w - 1.0 <= b <= a <= hi * w + 1.0
+        ratios.append(a / b)
+        if a / b > 1.3:  # the major axis direction, in [0°, 180°)
+            angles.append(np.degrees(np.arctan2(vec[0, 1], vec[1, 1])) % 180)
+    ratios = np.array(ratios)
+    assert len(ratios) >= 100 and ratios.max() > 1.6 and (ratios > 1.3).mean() > 0.3
+    quarter = np.bincount((np.array(angles) // 45).astype(int), minlength=4) / len(angles)
+    assert quarter.min() > 0.1, quarter
+    assert 0.35 < np.mean(np.array(rows_c) < h / 2) < 0.65 and 0.35 < np.mean(np.array(cols_c) < w / 2) < 0.65
+
+
+def test_number_of_ellipses_is_uniform_between_min_and_max() -> None:
+    """Tiny ellipses rarely touch, so a mask's connected components count its ellipses: 1, 2, 3 and 4 each about
+    a quarter of the masks, never more than max_ellipses."""
+    counts = []
+    for seed in range(4):
+        m = ellipse_masks(100, 80, 80, generator=torch.Generator().manual_seed(seed), min_ellipses=1, max_ellipses=4,
+                          min_axis=0.025, max_axis=0.025)  # fmt: skip
+        counts += [ndimage.label(mask.numpy() > 0)[1] for mask in m[:, 0]]
+    share = np.bincount(counts, minlength=6) / len(counts)
+    assert share[0] == 0 and share[5:].sum() == 0
+    assert all(0.15 < share[k] < 0.35 for k in (1, 2, 3, 4)), share
+    two = ellipse_masks(50, 80, 80, generator=torch.Generator().manual_seed(9), min_ellipses=2, max_ellipses=2,
+                        min_axis=0.025, max_axis=0.025)  # fmt: skip
+    assert max(ndimage.label(mask.numpy() > 0)[1] for mask in two[:, 0]) == 2

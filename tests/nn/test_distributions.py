@@ -220,3 +220,20 @@ def test_likelihood_factory_and_bf16_params() -> None:
         likelihood("bernoulli", torch.zeros(2, 3, 3, 3), 1)
     with pytest.raises(ValueError, match="likelihood"):
         likelihood("poisson", torch.zeros(2, 1, 3, 3), 1)
+
+
+def test_logistic_log_scales_are_clamped_at_minus_seven(gen: torch.Generator) -> None:
+    """PixelCNN++'s lower bound of the log-scales: −9 and −7 give the same masses, −6.5 sharper ones than −7
+    would not; the masses match the float64 reference (which clamps at −7 itself)."""
+    params = _random_params(2, 3, (2, 3, 3), gen)
+    blocks = params[:, 2:].view(2, 2, 9, 3, 3)
+    y = torch.rand(2, 3, 3, 3, generator=gen, dtype=torch.float64)
+    values = {}
+    for log_scale in (-9.0, -7.0, -6.5):
+        blocks[:, :, 3:6] = log_scale
+        blocks[:, :, :3] = 2 * torch.round(y * 255).unsqueeze(1) / 255 - 1 + 0.3 / 255  # near the bin centres
+        blocks[:, :, 6:] = 0.0  # no coupling
+        values[log_scale] = DiscretizedLogisticMixture(params, 2, 3).log_prob(y)
+        torch.testing.assert_close(values[log_scale], _reference_log_prob(params, y, 2, 3), rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(values[-9.0], values[-7.0], rtol=0, atol=0)
+    assert float((values[-6.5] - values[-7.0]).abs().min()) > 1e-6

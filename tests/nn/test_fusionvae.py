@@ -1,11 +1,14 @@
-"""FusionVAE: aggregation, the interface for K = 0..3, the structure of prior and posterior, training steps."""
+"""FusionVAE: aggregation, the interface for K = 0..3, prior and posterior against the paper's definitions and closed
+forms, batch independence in eval mode, training steps."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.distributions as td
 
 from fusion.nn.distributions import Bernoulli, DiscretizedLogisticMixture, Normal
 from fusion.nn.fusionvae import FusionOutput, FusionVAE, aggregate, bayesian_aggregate
@@ -117,25 +120,204 @@ def test_training_step_every_k(aggregation: str, target: str) -> None:
         assert torch.isfinite(bpd).all() and bool((bpd > 0).all())
 
 
+def _soft_clamp(x: torch.Tensor, bound: float) -> torch.Tensor:
+    return bound * torch.tanh(x / bound)
+
+
+def _first_group_reference(net: FusionVAE, inputs: torch.Tensor, y: torch.Tensor):
+    """``(mu, sigma)`` of ``p_1`` and ``q_1`` written out from the heads (eval mode, one view at a time):
+    ``q_1 = conv(f_1y)``; ``p_1 = N(0, I)`` without views, ``conv(max_i f_1x,i)`` / ``conv(mean_i f_1x,i)``, or the
+    precision-weighted fusion of the per-view Gaussians with the prior belief (supplement eqs. (9)-(10)); means
+    and log standard deviations soft-clamped to (−5, 5), Bayesian log-variances to (−10, 10)."""
+    q_mu, q_log_sigma = net.posterior_heads[0](net.target_encoder(y)[0]).chunk(2, dim=1)
+    q = (_soft_clamp(q_mu, 5), torch.exp(_soft_clamp(q_log_sigma, 5)))
+    k = inputs.shape[1]
+    if k == 0:
+        return (torch.zeros_like(q[0]), torch.ones_like(q[1])), q
+    feats = [net.context_encoder(inputs[:, i])[0] for i in range(k)]
+    if net.aggregation == "bayes":
+        if net.aggregation_target == "all":
+            belief_mu, belief_log_var = net.bayes_prior[0].chunk(2, dim=0)
+        else:
+            belief_mu, belief_log_var = torch.zeros_like(q_mu[0]), torch.zeros_like(q_mu[0])
+        precision = 1 / torch.exp(_soft_clamp(belief_log_var, 10))
+        weighted = belief_mu * precision
+        for f in feats:
+            mu_i, log_var_i = net.prior_heads[0](f).chunk(2, dim=1)
+            var_i = torch.exp(_soft_clamp(log_var_i, 10))
+            precision = precision + 1 / var_i
+            weighted = weighted + mu_i / var_i
+        mu, log_sigma = weighted / precision, -0.5 * torch.log(precision)
+    else:
+        agg = feats[0]
+        for f in feats[1:]:
+            agg = torch.maximum(agg, f) if net.aggregation == "max" else agg + f
+        if net.aggregation == "mean":
+            agg = agg / k
+        mu, log_sigma = net.prior_heads[0](agg).chunk(2, dim=1)
+    return (_soft_clamp(mu, 5), torch.exp(_soft_clamp(log_sigma, 5))), q
+
+
+def _log_normal(z: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> np.ndarray:
+    """Per item ``Σ log N(z; mu, sigma²)`` in NumPy."""
+    z, mu, sigma = (t.detach().double().numpy() for t in (z, mu, sigma))
+    dens = -0.5 * ((z - mu) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+    return dens.reshape(len(dens), -1).sum(1)
+
+
 @pytest.mark.parametrize(("aggregation", "target"), CONFIGS)
-def test_kl_log_q_log_p_agree_with_distributions(aggregation: str, target: str) -> None:
-    net = _tiny(aggregation, target).eval()
+def test_kl_log_q_log_p_against_closed_forms(aggregation: str, target: str) -> None:
+    """The KL of every group is the closed-form Gaussian KL of torch.distributions, log q and log p are the NumPy
+    Gaussian log-densities of the drawn z, and the first group's prior and posterior are the heads' outputs as
+    the paper defines them (written out above)."""
+    net = _tiny(aggregation, target).double().eval()
+    if aggregation == "bayes" and target == "all":
+        with torch.no_grad():  # a prior belief other than N(0, I), so it shows in p_1
+            shape = net.bayes_prior[0].shape
+            net.bayes_prior[0].copy_(0.5 * torch.randn(shape, generator=torch.Generator().manual_seed(3)))
     for k in (0, 2):
-        inputs, y = _batch(k)
+        inputs, y = (t.double() for t in _batch(k))
         with torch.no_grad():
             out = net(inputs, y, generator=torch.Generator().manual_seed(5))
-        assert len(out.priors) == len(out.posteriors) == len(out.latents) == 3
-        log_q = sum(_flat_sum(q.log_prob(z)) for q, z in zip(out.posteriors, out.latents))
-        log_p = sum(_flat_sum(p.log_prob(z)) for p, z in zip(out.priors, out.latents))
-        torch.testing.assert_close(out.log_q, log_q)
-        torch.testing.assert_close(out.log_p, log_p)
-        for kl, q, p in zip(out.kl, out.posteriors, out.priors):
-            assert bool((kl >= 0).all())
-            torch.testing.assert_close(kl, _flat_sum(q.kl(p)))
-        if k == 0:  # paper §4.3: p_1 is the standard normal without inputs
-            assert not out.priors[0].mu.any() and bool((out.priors[0].sigma == 1).all())
+            (p_mu, p_sigma), (q_mu, q_sigma) = _first_group_reference(net, inputs, y)
+        assert len(out.priors) == len(out.posteriors) == len(out.latents) == len(out.kl) == 3
+        torch.testing.assert_close(out.priors[0].mu, p_mu, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out.priors[0].sigma, p_sigma, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out.posteriors[0].mu, q_mu, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(out.posteriors[0].sigma, q_sigma, rtol=1e-10, atol=1e-12)
+        kl_first = td.kl_divergence(td.Normal(q_mu, q_sigma), td.Normal(p_mu, p_sigma))
+        torch.testing.assert_close(out.kl[0], _flat_sum(kl_first), rtol=1e-10, atol=1e-10)
+        log_q, log_p = np.zeros(3), np.zeros(3)
+        for kl, q, p, z in zip(out.kl, out.posteriors, out.priors, out.latents):
+            ref = td.kl_divergence(td.Normal(q.mu, q.sigma), td.Normal(p.mu, p.sigma))
+            torch.testing.assert_close(kl, _flat_sum(ref), rtol=1e-10, atol=1e-10)
+            assert bool((kl > 0).all())
+            log_q += _log_normal(z, q.mu, q.sigma)
+            log_p += _log_normal(z, p.mu, p.sigma)
+        np.testing.assert_allclose(out.log_q.numpy(), log_q, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(out.log_p.numpy(), log_p, rtol=1e-10, atol=1e-10)
+        assert all(t.dtype == torch.float64 for t in (out.log_q, out.log_p, *out.kl, out.priors[-1].mu))
+
+
+def _fixed_noise(self: Normal, generator: torch.Generator | None = None, *, temperature: float = 1.0) -> torch.Tensor:
+    """Stand-in for ``Normal.rsample``: the same noise pattern ``cos(0.7 j)`` (j the element index) for every item.
+
+    The networks draw one noise tensor for the whole batch from one generator, so the API cannot seed each item
+    on its own; with this draw an item's latent depends on its own mean and standard deviation only, and the
+    whole stochastic pass becomes a deterministic function that a batch and single calls must agree on."""
+    n = self.mu[0].numel()
+    eps = torch.cos(0.7 * torch.arange(n, dtype=self.mu.dtype, device=self.mu.device)).view(self.mu.shape[1:])
+    return self.mu + (temperature * self.sigma) * eps
+
+
+BATCH_CASES = [(a, t, "target") for a, t in CONFIGS] + [("max", "add", "joint"), ("bayes", "add", "residual")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize(("aggregation", "target", "posterior"), BATCH_CASES)
+def test_eval_batch_of_three_equals_three_single_calls(
+    aggregation: str, target: str, posterior: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In eval mode (batch norms on their running statistics) no item depends on the others of its batch: the
+    likelihood, every group's KL, log q, log p and the samples of a batch of 3 (different views and targets)
+    equal those of the three single calls."""
+    net = _tiny(aggregation, target, posterior=posterior).to(dtype).eval()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for k in (0, 2):
+        inputs, y = (t.to(dtype) for t in _batch(k, seed=11))
+        with torch.no_grad():  # the public API as it is: prior means (temperature 0) need no per-item seed
+            cold = net.sample(inputs, num_samples=2, temperature=0.0)
+            for i in range(3):
+                torch.testing.assert_close(cold[:, i : i + 1], net.sample(inputs[i : i + 1], 2, 0.0), **tol)
+        with monkeypatch.context() as patch, torch.no_grad():
+            patch.setattr(Normal, "rsample", _fixed_noise)
+            whole = net(inputs, y)
+            warm = net.sample(inputs, num_samples=2)
+            for i in range(3):
+                one = net(inputs[i : i + 1], y[i : i + 1])
+                item = slice(i, i + 1)
+                torch.testing.assert_close(whole.likelihood.logits[item], one.likelihood.logits, **tol)
+                torch.testing.assert_close(
+                    whole.likelihood.log_prob(y)[item], one.likelihood.log_prob(y[item]), **tol
+                )
+                for kl_whole, kl_one in zip(whole.kl, one.kl):
+                    torch.testing.assert_close(kl_whole[item], kl_one, **tol)
+                torch.testing.assert_close(whole.log_q[item], one.log_q, **tol)
+                torch.testing.assert_close(whole.log_p[item], one.log_p, **tol)
+                torch.testing.assert_close(warm[:, item], net.sample(inputs[item], num_samples=2), **tol)
+        lp = whole.likelihood.log_prob(y)
+        assert float((lp[0] - lp[1]).abs()) > 1e-3 and float((lp[1] - lp[2]).abs()) > 1e-3  # distinct items
+
+
+def _record(modules, what: str) -> dict[int, torch.Tensor]:
+    """Forward hooks that keep the (first) input or the output of each module, by index."""
+    store: dict[int, torch.Tensor] = {}
+    for g, module in enumerate(modules):
+        if what == "input":
+            module.register_forward_hook(lambda m, args, out, g=g: store.__setitem__(g, args[0]))
         else:
-            assert out.priors[0].mu.abs().sum() > 0
+            module.register_forward_hook(lambda m, args, out, g=g: store.__setitem__(g, out))
+    return store
+
+
+WIRING_CASES = [
+    ("max", "add", "target"),
+    ("mean", "add", "joint"),
+    ("max", "all", "target"),
+    ("bayes", "add", "joint"),
+    ("bayes", "all", "target"),
+]
+
+
+@pytest.mark.parametrize(("aggregation", "target", "posterior"), WIRING_CASES)
+def test_every_group_is_wired_as_in_the_paper(aggregation: str, target: str, posterior: str) -> None:
+    """Paper §4.3 for every latent group l (the heads' inputs read by hooks, the features recomputed one view at a
+    time): the generator starts from h and continues from conv1×1([d_l, z_l]); the posterior sees f_ly (+ d_l for
+    l > 1, + agg_i f_lx,i for the joint posterior); the prior sees agg_i f_lx,i + d_l ("add"), agg(f_lx,1..K, d_l)
+    ("all"), or, for Bayesian aggregation, every f_lx,i on its own and d_l as the belief; the encoders read 2x − 1."""
+    net = _tiny(aggregation, target, posterior=posterior).double().eval()
+    prior_in, post_in = _record(net.prior_heads, "input"), _record(net.posterior_heads, "input")
+    comb_in, comb_out = _record(net.combiners, "input"), _record(net.combiners, "output")
+    d_out, belief_in = _record(net.decoder_blocks, "output"), _record(net.belief_heads, "input")
+    stem_in = _record([net.context_encoder.stem, net.target_encoder.stem], "input")
+    agg = (lambda v: v.mean(1)) if aggregation == "mean" else (lambda v: v.amax(1))
+    for k in (0, 2):
+        inputs, y = (t.double() for t in _batch(k))
+        for store in (prior_in, post_in, comb_in, comb_out, d_out, belief_in, stem_in):
+            store.clear()
+        with torch.no_grad():
+            out = net(inputs, y, generator=torch.Generator().manual_seed(0))
+            torch.testing.assert_close(stem_in[1], 2 * y - 1)
+            if k:
+                torch.testing.assert_close(stem_in[0], 2 * inputs.flatten(0, 1) - 1)
+            fy = net.target_encoder(y)
+            fx = [net.context_encoder(inputs[:, i]) for i in range(k)]
+        for g in range(net.num_groups):
+            views = torch.stack([f[g] for f in fx], 1) if k else None  # (B, K, C_l, s_l, s_l)
+            d = d_out[g] if g > 0 else None
+            start = net.h.expand(3, -1, -1, -1) if g == 0 else d
+            torch.testing.assert_close(comb_in[g], torch.cat([start, out.latents[g]], 1))
+            if g > 0:
+                torch.testing.assert_close(d, net.decoder_blocks[g](comb_out[g - 1]))
+            want = fy[g] if d is None else fy[g] + d
+            if posterior != "target" and k:
+                want = want + agg(views)
+            torch.testing.assert_close(post_in[g], want, rtol=1e-10, atol=1e-12)
+            if aggregation == "bayes":
+                assert (g in prior_in) == (k > 0)
+                if k:
+                    torch.testing.assert_close(prior_in[g], views.flatten(0, 1))
+                if g > 0:
+                    torch.testing.assert_close(belief_in[g], d)
+            elif k == 0 and g == 0:
+                assert g not in prior_in  # p_1 = N(0, I)
+            elif target == "add":
+                want = (agg(views) if k else 0) + (d if d is not None else 0)
+                torch.testing.assert_close(prior_in[g], want, rtol=1e-10, atol=1e-12)
+            else:
+                items = [views] if k else []
+                items += [] if d is None else [d.unsqueeze(1)]
+                torch.testing.assert_close(prior_in[g], agg(torch.cat(items, 1)), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(("aggregation", "target"), CONFIGS)
@@ -315,6 +497,8 @@ def test_paper_configurations() -> None:
     assert celeba.num_groups == 17 and celeba.num_preprocess == 1
     assert celeba.group_sizes == [8] * 10 + [16] * 5 + [32] * 2
     assert celeba.output[-1].out_channels == 100
+    default = FusionVAE(1, 32, channels=4, groups_per_scale=[1, 1])  # documented default: the finest side is S / 2
+    assert default.latent_sizes == [8, 16] and default.num_preprocess == 1
 
 
 def test_argument_checks() -> None:
