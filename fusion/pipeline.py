@@ -421,8 +421,13 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     Raises:
         ValueError, TypeError, FileNotFoundError: bad input (turned into ``error: ...`` by the CLI).
     """
+    from fusion.options import check_options, check_value
+
     name, params = _method_params(cfg.method)
     spec = method_spec(name)
+    params = check_options(spec.fn, params, "method")
+    check_value(cfg.get("side_by_side", True), bool, "side_by_side")
+    check_value(cfg.get("device", "auto"), str, "device")
     device = resolve_device(cfg.get("device", "auto"))
     offset = _offset(cfg.get("offset"))
     inputs = _input_paths(cfg, spec.needs_mask, spec.samples)
@@ -594,21 +599,52 @@ def _check_target(target: Any, where: str) -> None:
 
 
 def check_targets(node: Any, what: str) -> None:
-    """Check every ``_target_`` in ``node`` (nested dicts and lists included) before anything is built.
+    """Check every ``_target_`` in ``node`` (nested dicts and lists included) before anything is built, and the
+    options given to it against its signature (:func:`fusion.options.check_options`).
 
     Raises:
-        ValueError: a target outside :data:`_SAFE_TARGETS`, named with its place in the config.
+        ValueError: a target outside :data:`_SAFE_TARGETS`, or an option of the wrong type, named with its place
+            in the config (``model.generator_optimizer.lr must be a number, got 'abc'``).
     """
+    _check_targets(node, what)
+    if isinstance(node, (DictConfig, ListConfig)):
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            node = OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException:  # an interpolation that only resolves in a run: leave those values out
+            node = OmegaConf.to_container(node, resolve=False)
+    _check_target_options(node, what)
+
+
+def _check_targets(node: Any, what: str) -> None:
     if isinstance(node, (DictConfig, dict)):
         items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
         for key, value in items:
             if key == "_target_":
                 _check_target(value, what)
             else:
-                check_targets(value, f"{what}.{key}")
+                _check_targets(value, f"{what}.{key}")
     elif isinstance(node, (ListConfig, list, tuple)):
         for i, value in enumerate(node):
-            check_targets(value, f"{what}[{i}]")
+            _check_targets(value, f"{what}[{i}]")
+
+
+def _check_target_options(node: Any, what: str) -> None:
+    """Options of every (already allowed) ``_target_`` in a plain, resolved config, against its signature."""
+    from fusion.options import check_options
+
+    if isinstance(node, dict):
+        if "_target_" in node:
+            nested = {k for k, v in node.items() if isinstance(v, dict) and "_target_" in v}
+            unresolved = {k for k, v in node.items() if isinstance(v, str) and ("${" in v or v == "???")}
+            options = {k: v for k, v in node.items() if not str(k).startswith("_") and k not in nested | unresolved}
+            check_options(_resolve_class(str(node["_target_"])), options, what)
+        for key, value in node.items():
+            _check_target_options(value, f"{what}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_target_options(value, f"{what}[{i}]")
 
 
 def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:

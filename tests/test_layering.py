@@ -25,6 +25,7 @@ RANK = {
     "nn": 4,
     "data": 5,
     "models": 6,
+    "options": 6,  # checks config values against signatures: plain Python, used by the pipeline
     "pipeline": 7,
     "evaluate": 8,  # the evaluation command sits on top of the pipeline
 }
