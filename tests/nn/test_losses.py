@@ -155,6 +155,111 @@ def test_poisson_loss_image_region_matches_numpy():
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Every loss against a dense NumPy transcription of its equation (random features, batch, several layers)
+# ----------------------------------------------------------------------------------------------------------
+def np_adaptive_average(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Adaptive average pooling of an ``(H, W)`` map to ``(h, w)``: cell ``(i, j)`` averages rows
+    ``⌊iH/h⌋ … ⌈(i+1)H/h⌉ − 1`` and the columns likewise."""
+    big_h, big_w = mask.shape
+    out = np.empty((h, w))
+    for i in range(h):
+        for j in range(w):
+            rows = slice(i * big_h // h, -(-(i + 1) * big_h // h))
+            cols = slice(j * big_w // w, -(-(j + 1) * big_w // w))
+            out[i, j] = mask[rows, cols].mean()
+    return out
+
+
+def np_content(xs, ys, alphas, mask=None) -> float:
+    """Eqs. (7)/(9): Σ_l α_l / (2 N_l M_l) Σ_{i,k} (m_l ⊙ (F_l[x] − F_l[y]))²_{ik}, one sample, (N, H, W) maps."""
+    total = 0.0
+    for alpha, x, y in zip(alphas, xs, ys):
+        n, h, w = x.shape
+        m = np.ones((h, w)) if mask is None else np_adaptive_average(mask, h, w)
+        total += alpha / (2 * n * h * w) * (((x - y) * m) ** 2).sum()
+    return total
+
+
+def np_style(xs, targets, betas) -> float:
+    """Eqs. (8)/(10) with G = F Fᵀ / (N M): Σ_l β_l / (2 N_l²) Σ_{i,j} (G_l[x] − G_l[t])²_{ij}."""
+    total = 0.0
+    for beta, x, t in zip(betas, xs, targets):
+        n = x.shape[0]
+        fx, ft = x.reshape(n, -1), t.reshape(n, -1)
+        gx, gt = fx @ fx.T / fx.size, ft @ ft.T / ft.size
+        total += beta / (2 * n * n) * ((gx - gt) ** 2).sum()
+    return total
+
+
+def np_histogram(xs, targets, gammas) -> float:
+    """Eq. (11) with R the exact histogram matching: the k-th smallest activation of a channel is sent to the
+    target's quantile at k / (M − 1) (linear interpolation), so ‖F − R(F)‖² pairs the sorted values."""
+    total = 0.0
+    for gamma, x, t in zip(gammas, xs, targets):
+        n = x.shape[0]
+        m = x[0].size
+        for c in range(n):
+            quantiles = np.quantile(t[c].ravel(), np.arange(m) / (m - 1))
+            total += gamma / (2 * n * m) * ((np.sort(x[c].ravel()) - quantiles) ** 2).sum()
+    return total
+
+
+def np_tv(image: np.ndarray) -> float:
+    """Eq. (12): Σ |I_{m+1,n} − I_{m,n}| + |I_{m,n+1} − I_{m,n}| over channels and in-image pairs."""
+    return float(np.abs(np.diff(image, axis=-2)).sum() + np.abs(np.diff(image, axis=-1)).sum())
+
+
+def np_poisson(blend, source, target, mask, region="mask") -> float:
+    """Eq. (6): 1/(2HW) Σ w [Δ I_B − (M Δ I_S + (1 − M) Δ I_T)]², w = M (region "mask") or 1, per channel."""
+    h, w = mask.shape
+    weight = mask if region == "mask" else np.ones_like(mask)
+    total = 0.0
+    for c in range(blend.shape[0]):
+        guide = mask * _numpy_laplacian(source[c]) + (1 - mask) * _numpy_laplacian(target[c])
+        total += (weight * (_numpy_laplacian(blend[c]) - guide) ** 2).sum()
+    return total / (2 * h * w)
+
+
+def test_losses_match_numpy_transcriptions_of_the_equations(gen):
+    dt = torch.float64
+    shapes = [(4, 7, 10), (6, 3, 5)]  # two layers; the image-resolution mask is 13 x 21 (non-integer ratios)
+    x = [torch.randn(2, *s, generator=gen, dtype=dt).relu() for s in shapes]
+    y = [torch.randn(2, *s, generator=gen, dtype=dt).relu() for s in shapes]
+    t = [torch.randn(1, n, h + 2, w + 1, generator=gen, dtype=dt) ** 2 for n, h, w in shapes]  # other sizes
+    mask = (torch.rand(2, 1, 13, 21, generator=gen, dtype=dt) > 0.4).to(dt)
+    mask[1, 0, 2:5, 3:9] = 0.5
+    weights = [0.7, 1.9]
+    got = {
+        "content": ContentLoss(weights)(x, y, mask),
+        "content_nomask": ContentLoss(weights)(x, y),
+        "style": StyleLoss(weights)(x, [gram_matrix(v) for v in t]),
+        "hist": HistogramLoss(weights)(x, [sorted_features(v) for v in t]),
+    }
+    for b in range(2):
+        xb, yb, tb = [v[b].numpy() for v in x], [v[b].numpy() for v in y], [v[0].numpy() for v in t]
+        expected = {
+            "content": np_content(xb, yb, weights, mask[b, 0].numpy()),
+            "content_nomask": np_content(xb, yb, weights),
+            "style": np_style(xb, tb, weights),
+            "hist": np_histogram(xb, tb, weights),
+        }
+        for name, value in expected.items():
+            assert value > 0
+            assert got[name][b].item() == pytest.approx(value, rel=1e-10), (name, b)
+
+    image = torch.rand(2, 3, 9, 11, generator=gen, dtype=dt)
+    tv = TVLoss()(image)
+    source, target = torch.rand_like(image), torch.rand_like(image)
+    soft = torch.rand(2, 1, 9, 11, generator=gen, dtype=dt)
+    for b in range(2):
+        assert tv[b].item() == pytest.approx(np_tv(image[b].numpy()), rel=1e-12)
+        for region in ("mask", "image"):
+            value = PoissonGradientLoss(region=region)(image, source, target, soft)[b].item()
+            reference = np_poisson(image[b].numpy(), source[b].numpy(), target[b].numpy(), soft[b, 0].numpy(), region)
+            assert value == pytest.approx(reference, rel=1e-12), region
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Batches, histogram matching, gradients
 # ----------------------------------------------------------------------------------------------------------
 def test_losses_are_per_sample(gen):

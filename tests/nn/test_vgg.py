@@ -12,6 +12,7 @@ from fusion.nn.vgg import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     VGG16_FILENAME,
+    VGG16_LAYERS,
     VGG16Features,
     default_vgg16_path,
     load_vgg16_state_dict,
@@ -71,6 +72,43 @@ def test_random_weights_shapes_any_size_and_frozen():
     other = VGG16Features("random", layers=("conv1_1",), seed=1)
     assert torch.equal(same.features[0].weight, vgg.features[0].weight)
     assert not torch.equal(other.features[0].weight, vgg.features[0].weight)
+
+
+# VGG16 ("configuration D", Simonyan & Zisserman 2015, Table 1): conv3 channels per block, a 2x2 max-pool after
+# each block. The ImageNet statistics torchvision's weights were trained with.
+BLOCKS = [(1, [64, 64]), (2, [128, 128]), (3, [256, 256, 256]), (4, [512, 512, 512]), (5, [512, 512, 512])]
+PUBLISHED_MEAN, PUBLISHED_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_every_named_layer_is_the_relu_of_that_convolution():
+    # the whole trunk rebuilt from the architecture table with F.conv2d on the module's own weights, in float64
+    vgg = VGG16Features("random", layers=("conv5_3",)).double()
+    convs = iter(m for m in vgg.features if isinstance(m, torch.nn.Conv2d))
+    x = torch.rand(2, 3, 37, 45, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean = torch.tensor(PUBLISHED_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(PUBLISHED_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    h, expected, pools = (x - mean) / std, {}, {}
+    for block, widths in BLOCKS:
+        for i, width in enumerate(widths, start=1):
+            conv = next(convs)
+            assert conv.out_channels == width and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+            h = F.relu(F.conv2d(h, conv.weight, conv.bias, padding=1))
+            expected[f"conv{block}_{i}"] = h
+            pools[f"conv{block}_{i}"] = block - 1
+        h = F.max_pool2d(h, 2)
+    names = list(expected)
+    assert sorted(names) == sorted(VGG16_LAYERS)
+    for name, got in zip(names, vgg(x, names)):
+        # the module keeps the normalisation constants as float32 buffers (0.485 is 0.48500001…): 1e-7 apart
+        torch.testing.assert_close(got, expected[name], rtol=1e-6, atol=1e-6)
+        # the smallest side the pass to a layer accepts is 2 ** (pools before it)
+        assert vgg.min_size([name]) == 2 ** pools[name]
+    assert IMAGENET_MEAN == PUBLISHED_MEAN and IMAGENET_STD == PUBLISHED_STD
+    # random weights are He-initialised (fan-out, zero bias) like torchvision's, from the seed
+    for conv in (m for m in vgg.features if isinstance(m, torch.nn.Conv2d)):
+        assert float(conv.bias.abs().max()) == 0.0
+        fan_out = conv.out_channels * 9
+        assert float(conv.weight.std()) == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
 
 
 def test_grayscale_is_repeated_to_rgb():
