@@ -26,7 +26,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fusion import ConvergenceWarning
 from fusion.data.io import (
+    image_depth,
     output_format,
+    output_set,
     read_image,
     read_mask,
     save_side_by_side,
@@ -389,7 +391,10 @@ def _check_inputs(
         return
     inside = mask > 0.5
     if not bool(inside.any()):
-        raise ValueError(f"mask is empty (no pixel > 0.5): {paths['mask']}")
+        raise ValueError(
+            f"mask is empty (no pixel > 0.5): {paths['mask']}; masks are read as gray, colour by its luma "
+            "0.299 R + 0.587 G + 0.114 B (pure red is 0.30): draw the region in white"
+        )
     if bool(inside.all()):
         raise ValueError(
             f"mask covers the whole image (every pixel > 0.5), nothing is left to blend into: {paths['mask']}"
@@ -410,10 +415,12 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     Config keys (see ``conf/infer.yaml``): ``fg``, ``bg``, ``mask`` (all null → built-in samples), ``out``
     (null → ``result.png`` in Hydra's run directory), ``offset`` (``[y, x]`` of a smaller fg on bg; null →
     centred), ``device`` (auto|cpu|cuda), ``side_by_side`` (also write ``<out>_side_by_side.png``: composite |
-    result) and ``method`` (``name`` plus keyword arguments of the method function).
+    result, labelled), ``out_depth`` (bits per channel of the result; null keeps the deepest input's: a 16-bit
+    input gives a 16-bit PNG or TIFF, a float TIFF a float TIFF) and ``method`` (``name`` plus keyword arguments of
+    the method function).
 
-    All checks run before the method; nothing is written unless the method succeeds, and no output may replace
-    an input file.
+    All checks run before the method; the files are written all-or-nothing once the method has succeeded, and no
+    output may replace an input file.
 
     Returns:
         ``{"result": Path, "side_by_side": Path}`` (the latter only when ``side_by_side`` is true).
@@ -436,6 +443,7 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
 
     fg = read_image(inputs["fg"], what="fg")
     bg = read_image(inputs["bg"], what="bg")
+    depth = _result_depth(cfg, inputs)
     if "mask" in inputs:
         mask = read_mask(inputs["mask"], what="mask")
         _check_inputs(fg, bg, mask, inputs, require_blend_region=spec.needs_mask)
@@ -462,13 +470,33 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
 
     extras = _extra_paths(outputs["result"], output)
     _check_outputs(extras, inputs)
-    write_image(outputs["result"], result)
-    if "side_by_side" in outputs:
-        panels = [mask * fg + (1 - mask) * bg, result] if mask is not None else [fg, result, bg]
-        save_side_by_side(outputs["side_by_side"], panels)
     written = dict(outputs)
-    written.update(_write_extras(outputs["result"], output))
+    try:
+        with output_set():  # all or nothing: a failure part-way leaves none of the files
+            write_image(outputs["result"], result, depth=depth)
+            if "side_by_side" in outputs:
+                if mask is not None:
+                    panels, labels = [mask * fg + (1 - mask) * bg, result], ["composite (cut and paste)", name]
+                else:
+                    panels, labels = [fg, result, bg], ["fg", name, "bg"]
+                save_side_by_side(outputs["side_by_side"], panels, labels=labels)
+            written.update(_write_extras(outputs["result"], output))
+    except (ValueError, OSError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"out={outputs['result']}: {reason}") from None
     return written
+
+
+def _result_depth(cfg: DictConfig, inputs: Mapping[str, Path]) -> int:
+    """Bits per channel of the result: ``out_depth``, or by default the deepest of the fg and bg files."""
+    from fusion.options import check_value
+
+    depth = check_value(cfg.get("out_depth"), int | None, "out_depth")
+    if depth is None:
+        return max(image_depth(inputs[key]) for key in ("fg", "bg"))
+    if depth not in (8, 16, 32):
+        raise ValueError(f"out_depth must be 8, 16, 32 (float TIFF or .npy) or null, got {depth}")
+    return depth
 
 
 def _extra_paths(result: Path, output: MethodOutput) -> dict[str, Path]:

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fusion.data.io import read_image, read_mask, save_side_by_side, write_image
+from fusion.data.io import LABEL_HEIGHT, read_image, read_mask, save_side_by_side, write_image
 from fusion.methods import registry
 from fusion.pipeline import SAMPLES_DIR, check_overrides, infer, run_cli
 
@@ -108,7 +108,10 @@ def test_cli_runs_on_explicit_paths(tmp_path: Path, inputs: dict[str, Path], met
     assert proc.returncode == 0, proc.stderr
     assert _written(proc.stdout) == {"result": out, "side_by_side": out.with_name("blend_side_by_side.png")}
     assert read_image(out).shape == (1, 3, H, W)
-    assert read_image(out.with_name("blend_side_by_side.png")).shape == (1, 3, H, 2 * W + 4)
+    panel = read_image(out.with_name("blend_side_by_side.png"))
+    assert panel.shape == (1, 3, LABEL_HEIGHT + H, 2 * W + 4)
+    band = panel[..., :LABEL_HEIGHT, :W]  # the labels: black text on white above each panel
+    assert float(band.amin()) < 0.2 and float((band > 0.9).float().mean()) > 0.6
 
 
 def test_cli_method_parameters_and_no_side_by_side(tmp_path: Path, inputs: dict[str, Path]) -> None:
@@ -311,8 +314,8 @@ def test_pipeline_passes_method_parameters(tmp_path, inputs, monkeypatch) -> Non
     # Left panel of the side-by-side is the plain composite, right panel the result.
     panel = read_image(written["side_by_side"])
     composite = mask * fg + (1 - mask) * bg
-    assert torch.allclose(panel[..., :W], composite, atol=0.5 / 255 + 1e-6)
-    assert torch.allclose(panel[..., W + 4 :], read_image(out), atol=1e-6)
+    assert torch.allclose(panel[..., LABEL_HEIGHT:, :W], composite, atol=0.5 / 255 + 1e-6)
+    assert torch.allclose(panel[..., LABEL_HEIGHT:, W + 4 :], read_image(out), atol=1e-6)
 
 
 @pytest.mark.parametrize(("offset", "origin"), [(None, (4, 8)), ([2, 3], (2, 3))])
@@ -362,8 +365,8 @@ def test_pipeline_on_cuda(tmp_path, inputs) -> None:
 # ------------------------------------------------------------------------------------------------------------
 def test_io_round_trips(tmp_path) -> None:
     """Pixel values against what Pillow, NumPy, tifffile and OpenCV write and read: 8-bit RGB and grey PNGs both
-    ways, 16-bit grey PNGs and TIFFs, 16-bit colour TIFFs (exact) and PNGs (8 bits, with a warning), ``.npy``
-    both ways; writing clamps to [0, 1] and leaves no temporary file behind."""
+    ways, 16-bit grey PNGs and TIFFs, 16-bit colour TIFFs and PNGs (exact), ``.npy`` both ways; writing clamps
+    to [0, 1] and leaves no temporary file behind."""
     import warnings
 
     import cv2
@@ -417,12 +420,10 @@ def test_io_round_trips(tmp_path) -> None:
         luma = deep_rgb @ np.array([0.299, 0.587, 0.114]) / 65535
         np.testing.assert_allclose(read_mask(tmp_path / name)[0, 0].numpy(), luma, rtol=0, atol=1e-6)
     assert cv2.imwrite(str(tmp_path / "rgb16.png"), deep_rgb[..., ::-1])
-    with pytest.warns(UserWarning, match=r"rgb16\.png.*16 bits per colour channel.*8 bits"):
-        got = read_image(tmp_path / "rgb16.png")
-    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), (deep_rgb >> 8) / 255, **exact)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no such warning for 8-bit or 16-bit grey files
-        read_image(tmp_path / "pil_rgb.png"), read_image(tmp_path / "pil_grey16.png")
+        warnings.simplefilter("error")
+        got = read_image(tmp_path / "rgb16.png")  # all 16 bits, no warning
+    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), deep_rgb / 65535, **exact)
 
     # .npy: float32 values stored unchanged in (H, W, C); arrays NumPy wrote are read as values or integer codes
     write_image(tmp_path / "rgb.npy", rgb)
