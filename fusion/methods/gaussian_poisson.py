@@ -32,7 +32,8 @@ def gaussian_poisson_solve(
     ``u = div v`` with ``v = m ∇fg + (1 − m) ∇bg`` (eq. 8; a soft mask blends the two fields), ``L`` the
     Neumann Laplacian and ``G`` the Gaussian filter of width ``σ`` with mirror boundaries. Both are diagonal
     in the DCT-II basis, so the normal equations ``(LᵀL + βGᵀG) x = Lᵀu + βGᵀx̃_l`` are solved by
-    ``x̂ = (L̂ û + β ĝ ĉ) / (L̂² + β ĝ²)``: two forward DCTs and one inverse.
+    ``x̂ = (L̂ û + β ĝ ĉ) / (L̂² + β ĝ²)``: two forward DCTs and one inverse. Direct (no iteration) and
+    differentiable with respect to ``fg``, ``bg``, ``mask`` and ``color``.
 
     Args:
         fg, bg: ``(B, C, H, W)`` source and destination at this scale.
@@ -78,6 +79,11 @@ def gaussian_poisson_blend(
     Builds pyramids of ``fg``, ``bg`` and ``mask`` (each level keeps the image's aspect ratio), solves eq. (9)
     in closed form at the coarsest level with the colour constraint ``color``, then at each finer level with
     the upsampled previous result as ``x̃_l``.
+
+    Nothing here is iterative: each level is one closed-form DCT solve (:func:`gaussian_poisson_solve`), so
+    there is no tolerance, no iteration cap and nothing that can stop unconverged. Each sample's result
+    depends on that sample's inputs only. Differentiable (a chain of linear operations) with respect to ``fg``,
+    ``bg``, the soft ``mask`` (through the blend of the two gradient fields, eq. 8, at every level) and ``color``.
 
     Args:
         fg, bg: ``(B, C, H, W)``; ``fg`` already placed on the canvas.

@@ -69,7 +69,12 @@ def gpgan_blend(
     size; then eq. (9) is solved in closed form from the coarsest pyramid level (``x̃_l`` resampled to that
     level's aspect ratio) up to full resolution
     (:func:`~fusion.methods.gaussian_poisson.gaussian_poisson_blend`). Works for any ``H×W``; the generator is
-    used as given (call ``generator.eval()`` first for inference).
+    used as given (call ``generator.eval()`` first for inference: in eval mode each sample's result depends on
+    that sample only, while batch normalisation in training mode mixes the samples of a batch).
+
+    Nothing is iterative (one generator pass, then a closed-form solve per level). Differentiable with respect
+    to ``fg``, ``bg`` and the soft ``mask`` — through the composite the generator sees and through the pyramid —
+    and to the generator's parameters.
 
     Args:
         fg, bg: ``(B, C, H, W)`` source (already placed on the canvas) and destination, in [0, 1].

@@ -9,11 +9,19 @@ import torch.nn.functional as F
 
 from fusion.energies.poisson import poisson_energy, region_edges
 from fusion.methods.registry import register
-from fusion.ops.checks import check_batch, check_image, check_mask, check_same_size
-from fusion.ops.diff import div, grad
-from fusion.ops.masked import solve_masked_poisson
+from fusion.ops.cg import relative_residual
+from fusion.ops.checks import check_batch, check_image, check_mask, check_max_iter, check_same_size, check_tol
+from fusion.ops.diff import div, grad, laplacian
+from fusion.ops.masked import (
+    BoxGroups,
+    masked_poisson_operator,
+    masked_poisson_preconditioner,
+    region_boxes,
+    solve_masked_poisson,
+)
 from fusion.ops.poisson import solve_poisson
-from fusion.ops.result import SolverResult
+from fusion.ops.result import SolverResult, warn_unconverged
+from fusion.optim.implicit import implicit_minimiser
 from fusion.optim.ipiano import ipiano
 
 Solver = Literal["exact", "spectral", "inertial"]
@@ -72,10 +80,16 @@ def place_source(
     return fg_canvas, mask_canvas
 
 
+def _mixed_choice(g_fg: torch.Tensor, g_bg: torch.Tensor) -> torch.Tensor:
+    """Per edge and channel, the one of the two differences with the larger magnitude (``fg``'s on ties)."""
+    return torch.where(g_bg.abs() > g_fg.abs(), g_bg, g_fg)
+
+
 def guidance_field(fg: torch.Tensor, bg: torch.Tensor, *, mixed: bool = False) -> torch.Tensor:
     """Guidance field on the forward-difference edges: ``∇fg``, or Pérez's mixed gradients.
 
-    Mixed: per edge and channel, the one of ``∇fg`` and ``∇bg`` with the larger magnitude (Pérez eq. 13).
+    Mixed: per edge and channel, the one of ``∇fg`` and ``∇bg`` with the larger magnitude (Pérez eq. 13;
+    ``∇fg`` on ties).
 
     Returns:
         ``(B, C, 2, H, W)``.
@@ -83,8 +97,16 @@ def guidance_field(fg: torch.Tensor, bg: torch.Tensor, *, mixed: bool = False) -
     g_fg = grad(fg, bc="neumann")
     if not mixed:
         return g_fg
-    g_bg = grad(bg, bc="neumann")
-    return torch.where(g_bg.abs() > g_fg.abs(), g_bg, g_fg)
+    return _mixed_choice(g_fg, grad(bg, bc="neumann"))
+
+
+#: What ``converged`` means for every Poisson solver (``SolverResult.criterion``): the relative residual of
+#: Pérez's discrete equations ``A u_Ω = b`` on Ω (see :func:`perez_residual`).
+PEREZ_CRITERION = "Pérez residual ‖b − A u‖/‖b‖"
+
+#: Default relative-residual tolerance of the iterative solvers: reachable in float32 for images of tens of
+#: megapixels (the float32 rounding floor of the residual is about 1e-6 at 1 megapixel and grows slowly with size).
+DEFAULT_TOL = 1e-5
 
 
 def _validate(fg, bg, mask):
@@ -105,17 +127,53 @@ def _validate(fg, bg, mask):
     )
 
 
-def _box(mask: torch.Tensor) -> tuple[int, int, int, int]:
-    inside = (mask > 0.5).flatten(0, 1).any(0)
-    rows = torch.nonzero(inside.any(1)).flatten()
-    cols = torch.nonzero(inside.any(0)).flatten()
-    h, w = mask.shape[-2:]
-    return (
-        max(int(rows[0]) - 1, 0),
-        min(int(rows[-1]) + 2, h),
-        max(int(cols[0]) - 1, 0),
-        min(int(cols[-1]) + 2, w),
+def _check_iterations(max_iter: object, tol: object) -> None:
+    check_max_iter(max_iter, "max_iter")
+    check_tol(tol, "tol")
+
+
+def perez_residual(
+    u: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, *, mixed: bool = False
+) -> torch.Tensor:
+    """The convergence criterion of every Poisson solver: ``‖b − A u_Ω‖ / ‖b‖`` per sample.
+
+    ``A u_Ω = b`` are Pérez's discrete equations on Ω = {mask > 0.5} (see :func:`poisson_solve_exact`), the norms
+    are taken over the channels and pixels of one sample, and ``u`` off Ω is ignored.
+
+    Args:
+        u: ``(B, C, H, W)`` candidate solution.
+        fg, bg, mask: as in :func:`poisson_blend`.
+        mixed: mixed gradients.
+
+    Returns:
+        ``(B,)`` relative residuals.
+
+    Example:
+        >>> fg, bg = torch.rand(1, 1, 6, 7, dtype=torch.float64), torch.rand(1, 1, 6, 7, dtype=torch.float64)
+        >>> mask = torch.zeros(1, 1, 6, 7, dtype=torch.float64); mask[..., 2:4, 2:5] = 1
+        >>> bool(perez_residual(poisson_blend(fg, bg, mask, tol=1e-12), fg, bg, mask) < 1e-12)
+        True
+    """
+    fg, bg, mask = _validate(fg, bg, mask)
+    region, b = _perez_system(fg, bg, mask, mixed)
+    return relative_residual(masked_poisson_operator(region), b, u * region)
+
+
+def _perez_system(fg, bg, mask, mixed):
+    """Ω as a 0/1 tensor and the right-hand side ``b`` of Pérez's equations ``A u_Ω = b`` (zero off Ω)."""
+    region = (mask > 0.5).to(fg.dtype)
+    rhs = -div(guidance_field(fg, bg, mixed=mixed), bc="neumann")
+    return region, (rhs + laplacian(bg * (1 - region), bc="neumann")) * region
+
+
+def _exact(fg, bg, mask, mixed, max_iter, tol, precondition) -> SolverResult:
+    region = (mask > 0.5).to(fg.dtype)
+    rhs = -div(guidance_field(fg, bg, mixed=mixed), bc="neumann")
+    res = solve_masked_poisson(
+        rhs, bg, region, precondition=precondition, max_iter=max_iter, tol=tol, name="poisson (exact)"
     )
+    res.criterion = PEREZ_CRITERION
+    return res
 
 
 def poisson_solve_exact(
@@ -125,43 +183,118 @@ def poisson_solve_exact(
     *,
     mixed: bool = False,
     max_iter: int = 20000,
-    tol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
     precondition: Literal["spectral", "jacobi", "none"] = "spectral",
 ) -> SolverResult:
     """The discrete Pérez equations on Ω = {mask > 0.5}, solved by PCG; see :func:`poisson_blend`.
 
-    For every pixel ``p`` of Ω with in-image neighbours ``N_p``:
+    For every pixel ``p`` of Ω with in-image neighbours ``N_p`` (Pérez eq. 7 discretised):
     ``|N_p| f_p − Σ_{q ∈ N_p ∩ Ω} f_q = Σ_{q ∈ N_p \\ Ω} bg_q + Σ_{q ∈ N_p} v_pq`` with ``v_pq = fg_p − fg_q``
-    (or the mixed choice). Returns the :class:`SolverResult` (``history``: relative residuals).
+    (or the mixed choice, eq. 13), written ``A u_Ω = b``. Conjugate gradients with a per-sample spectral
+    preconditioner; a sample stops when the directly computed ``‖b − A u_Ω‖ / ‖b‖ ≤ tol`` (the criterion of
+    every Poisson solver, :func:`perez_residual`), independently of the other samples of the batch.
+
+    Differentiable with respect to ``fg`` and ``bg`` by implicit differentiation of ``A u_Ω = b`` (the backward
+    pass is one more PCG solve with ``A`` and the same preconditioner, to ``tol``); the mask is thresholded and
+    gets no gradient.
+
+    Args:
+        fg, bg, mask, mixed: as in :func:`poisson_blend`.
+        max_iter: iteration cap, ``>= 1``.
+        tol: relative residual tolerance, ``> 0``.
+        precondition: ``"spectral"``, ``"jacobi"`` or ``"none"``.
+
+    Returns:
+        :class:`SolverResult`: ``solution`` ``(B, C, H, W)``, ``history`` the relative residuals the iteration
+        carries, ``criterion`` :data:`PEREZ_CRITERION`, ``tol``, ``reached`` ``(B,)``,
+        ``info["iterations"]`` per sample. A sample that stops at ``max_iter`` (or at the floating-point floor of
+        its residual) emits :class:`fusion.ConvergenceWarning`.
+
+    Example:
+        >>> fg, bg = torch.rand(1, 3, 20, 24, dtype=torch.float64), torch.rand(1, 3, 20, 24, dtype=torch.float64)
+        >>> mask = torch.zeros(1, 1, 20, 24, dtype=torch.float64); mask[..., 5:15, 6:18] = 1
+        >>> res = poisson_solve_exact(fg, bg, mask, tol=1e-10)
+        >>> res.all_converged, bool(res.reached < 1e-10)
+        (True, True)
     """
     fg, bg, mask = _validate(fg, bg, mask)
-    region = (mask > 0.5).to(fg.dtype)
-    rhs = -div(guidance_field(fg, bg, mixed=mixed), bc="neumann")
-    return solve_masked_poisson(rhs, bg, region, precondition=precondition, max_iter=max_iter, tol=tol)
+    _check_iterations(max_iter, tol)
+    return warn_unconverged(_exact(fg, bg, mask, mixed, max_iter, tol, precondition), "poisson (exact)")
 
 
 def _spectral(fg, bg, mask, mixed):
-    y0, y1, x0, x1 = _box(mask)
-    h, w = mask.shape[-2:]
-    # Work on the box plus a one-pixel margin: enough for the differences and the ghosts around the box.
-    cy0, cy1, cx0, cx1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-    f = fg[..., cy0:cy1, cx0:cx1]
-    b = bg[..., cy0:cy1, cx0:cx1]
-    m = mask[..., cy0:cy1, cx0:cx1].unsqueeze(-3)
-    g_fg = grad(f, bc="neumann")
-    g_bg = grad(b, bc="neumann")
-    inner = torch.where(g_bg.abs() > g_fg.abs(), g_bg, g_fg) if mixed else g_fg
-    field = m * inner + (1 - m) * g_bg  # GP-GAN eq. (8), with a soft mask as a convex combination
-    rhs = -div(field, bc="neumann")
-    # Dirichlet ghosts around the box come from bg (edge-replicated where the box meets the image border).
-    by0, by1, bx0, bx1 = y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0
-    ghost = F.pad(b, (1, 1, 1, 1), mode="replicate")
-    ghost[..., by0 + 1 : by1 + 1, bx0 + 1 : bx1 + 1] = 0
-    window = ghost[..., by0 : by1 + 2, bx0 : bx1 + 2]
-    neighbours = window[..., :-2, 1:-1] + window[..., 2:, 1:-1] + window[..., 1:-1, :-2] + window[..., 1:-1, 2:]
-    out = bg.clone()
-    out[..., y0:y1, x0:x1] = solve_poisson(rhs[..., by0:by1, bx0:bx1] + neighbours, bc="dirichlet")
-    return out
+    """The single-solve formulation per sample, each over its own box; samples with equal box sizes together."""
+    groups = BoxGroups(region_boxes(mask), fg.device)
+    # Work on each box plus a one-pixel margin. Edge replication of the image gives the margin where a box meets
+    # the image border: the differences into the margin are then zero (the Neumann condition of the image) and
+    # the Dirichlet ghost there is the border pixel's own background value.
+    fp, bp, mp = (F.pad(x, (1, 1, 1, 1), mode="replicate") for x in (fg, bg, mask))
+    solved = []
+    for f, b, m in zip(*(groups.gather(x, margin=1, offset=1) for x in (fp, bp, mp))):
+        g_fg = grad(f, bc="neumann")
+        g_bg = grad(b, bc="neumann")
+        inner = _mixed_choice(g_fg, g_bg) if mixed else g_fg
+        m = m.unsqueeze(-3)
+        field = m * inner + (1 - m) * g_bg  # GP-GAN eq. (8), with a soft mask as a convex combination
+        rhs = -div(field, bc="neumann")[..., 1:-1, 1:-1]
+        frame = torch.ones_like(b[:1, :1])
+        frame[..., 1:-1, 1:-1] = 0
+        ghost = b * frame  # the bg values around the box, zero inside it
+        neighbours = ghost[..., :-2, 1:-1] + ghost[..., 2:, 1:-1] + ghost[..., 1:-1, :-2] + ghost[..., 1:-1, 2:]
+        solved.append(solve_poisson(rhs + neighbours, bc="dirichlet"))
+    return groups.scatter(bg.clone(), solved)
+
+
+def _inertial(fg, bg, mask, mixed, beta, max_iter, tol) -> SolverResult:
+    region, b = _perez_system(fg.detach(), bg.detach(), mask, mixed)
+    edges = region_edges(region)
+    apply_a = masked_poisson_operator(region)
+    field = guidance_field(fg.detach(), bg.detach(), mixed=mixed)
+    fixed = bg.detach()
+
+    def energy(u: torch.Tensor) -> torch.Tensor:
+        return poisson_energy(u, field, edges)
+
+    def project(z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        return region * z + (1 - region) * fixed
+
+    def residual(u: torch.Tensor) -> torch.Tensor:
+        return relative_residual(apply_a, b, u * region)
+
+    start = region * fg.detach() + (1 - region) * fixed
+    res = ipiano(
+        energy,
+        start,
+        prox=project,
+        beta=beta,
+        lipschitz=1.0,
+        max_iter=max_iter,
+        tol=tol,
+        min_iter=1,
+        criterion=residual,
+        criterion_name=PEREZ_CRITERION,
+    )
+    with torch.no_grad():
+        res.reached = residual(res.solution)
+    res.converged = res.reached <= tol
+    res.criterion = PEREZ_CRITERION
+
+    def energy_of(u: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return poisson_energy(region * u + (1 - region) * g, guidance_field(f, g, mixed=mixed), edges)
+
+    m_inv = masked_poisson_preconditioner(region, "spectral")
+    u = implicit_minimiser(
+        energy_of,
+        res.solution,
+        [fg, bg],
+        free=region,
+        precondition=lambda blocks: [m_inv(blocks[0])],
+        tol=tol,
+        max_iter=max_iter,
+        method="poisson (inertial)",
+    )
+    res.solution = region * u + (1 - region) * bg
+    return res
 
 
 def poisson_blend(
@@ -172,23 +305,36 @@ def poisson_blend(
     mixed: bool = False,
     solver: Solver = "exact",
     max_iter: int = 20000,
-    tol: float = 1e-6,
+    tol: float = DEFAULT_TOL,
 ) -> torch.Tensor:
     """Seamless cloning of ``fg`` into ``bg`` on ``mask`` (Pérez et al. 2003, eqs. 7–13).
 
     Solvers:
 
-    * ``"exact"`` — the discrete Pérez equations on Ω = {mask > 0.5} with the Dirichlet boundary from ``bg``
-      and guidance ``v_pq = fg_p − fg_q`` (``mixed=True``: the larger of the ``fg`` and ``bg`` differences),
-      solved to relative residual ``tol`` by conjugate gradients with a spectral preconditioner. Ω may touch
-      the image border (pixels there have fewer neighbours).
+    * ``"exact"`` — the discrete Pérez equations ``A u_Ω = b`` on Ω = {mask > 0.5} with the Dirichlet boundary
+      from ``bg`` and guidance ``v_pq = fg_p − fg_q`` (``mixed=True``: the larger of the ``fg`` and ``bg``
+      differences), solved by conjugate gradients with a spectral preconditioner (:func:`poisson_solve_exact`).
+      Ω may touch the image border (pixels there have fewer neighbours).
     * ``"spectral"`` — the single-solve formulation of OpenCV's ``seamlessClone`` and GP-GAN: the guidance is
-      ``∇fg`` inside the mask and ``∇bg`` outside (a soft mask blends the two), solved once by a DST-I over
-      the mask's bounding box grown by one pixel, with the ``bg`` values around the box as Dirichlet data.
-      Not iterative; differs from ``"exact"`` only near the mask boundary.
+      ``∇fg`` inside the mask and ``∇bg`` outside (a soft mask blends the two; an edge ``(p, p + e)`` takes the
+      mask value at ``p``), solved once per sample by a DST-I over that sample's mask bounding box grown by one
+      pixel, with the ``bg`` values around the box as Dirichlet data (where the box meets the image border, the
+      border pixel's own ``bg`` value). Direct, not iterative; differs from ``"exact"`` only near the mask
+      boundary.
     * ``"inertial"`` — minimises the Poisson energy ``½ Σ_{edges touching Ω} (∇u − v)²`` with ``u = bg`` off Ω
-      by iPiano (:func:`fusion.optim.ipiano`); converges to the ``"exact"`` solution, slowly. Useful as an
-      autograd energy to combine with other terms.
+      by iPiano (:func:`poisson_solve_inertial`); its minimiser is the ``"exact"`` solution, reached slowly
+      (the iteration count grows with the square of the region's width).
+
+    Convergence (``"exact"`` and ``"inertial"``): the same criterion, ``‖b − A u_Ω‖ / ‖b‖ ≤ tol``
+    (:func:`perez_residual`), per sample; a sample that stops at ``max_iter`` without meeting it emits one
+    :class:`fusion.ConvergenceWarning` naming the solver, the samples, the iterations and the reached residual.
+
+    Differentiability: every solver backpropagates to ``fg`` and ``bg``. ``"spectral"`` is a chain of linear
+    operations, differentiable also with respect to ``mask`` (through the soft blend of the two fields; the box
+    comes from ``mask > 0.5`` and is piecewise constant). ``"exact"`` and ``"inertial"`` threshold the mask
+    (no gradient to it) and differentiate the converged solve implicitly: the backward pass solves ``A λ = g``
+    by PCG (not by unrolling the iterations), so the gradient is that of the exact solution, as accurate as
+    the forward solve converged. The mixed-gradient choice is piecewise: gradients follow the chosen edge.
 
     Args:
         fg: ``(B, C, H, W)`` source, already placed on the canvas (see :func:`place_source`).
@@ -196,10 +342,12 @@ def poisson_blend(
         mask: ``(B, 1, H, W)`` in [0, 1].
         mixed: use mixed gradients.
         solver: ``"exact"``, ``"spectral"`` or ``"inertial"``.
-        max_iter, tol: iteration limit and tolerance of the iterative solvers.
+        max_iter: iteration cap of the iterative solvers, an integer ``>= 1``.
+        tol: relative residual tolerance of the iterative solvers, ``> 0`` (the default is reachable in float32).
 
     Returns:
-        ``(B, C, H, W)`` blended image (not clipped; values may leave [0, 1] slightly).
+        ``(B, C, H, W)`` blended image (not clipped; values may leave [0, 1] slightly). Each sample's result
+        depends on that sample's inputs only.
 
     Example:
         >>> fg, bg = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 32, 40)
@@ -207,14 +355,17 @@ def poisson_blend(
         >>> poisson_blend(fg, bg, mask).shape
         torch.Size([1, 3, 32, 40])
     """
-    if solver == "exact":
-        return poisson_solve_exact(fg, bg, mask, mixed=mixed, max_iter=max_iter, tol=tol).solution
+    if solver not in ("exact", "spectral", "inertial"):
+        raise ValueError(f"solver must be 'exact', 'spectral' or 'inertial', got {solver!r}")
+    fg, bg, mask = _validate(fg, bg, mask)
+    _check_iterations(max_iter, tol)
     if solver == "spectral":
-        fg, bg, mask = _validate(fg, bg, mask)
         return _spectral(fg, bg, mask, mixed)
-    if solver == "inertial":
-        return poisson_solve_inertial(fg, bg, mask, mixed=mixed, max_iter=max_iter, tol=tol).solution
-    raise ValueError(f"solver must be 'exact', 'spectral' or 'inertial', got {solver!r}")
+    if solver == "exact":
+        res = _exact(fg, bg, mask, mixed, max_iter, tol, "spectral")
+    else:
+        res = _inertial(fg, bg, mask, mixed, 0.9, max_iter, tol)
+    return warn_unconverged(res, f"poisson ({solver})").solution
 
 
 def poisson_solve_inertial(
@@ -225,25 +376,42 @@ def poisson_solve_inertial(
     mixed: bool = False,
     beta: float = 0.9,
     max_iter: int = 20000,
-    tol: float = 1e-10,
+    tol: float = DEFAULT_TOL,
 ) -> SolverResult:
-    """Minimise the Poisson energy by iPiano; ``history`` holds the energies. See :func:`poisson_blend`.
+    """Minimise the Poisson energy by iPiano; see :func:`poisson_blend`.
 
-    The constraint ``u = bg`` off Ω is the non-smooth part: its prox is the projection ``Ω·z + (1 − Ω)·bg``.
+    The energy ``½ Σ_{edges touching Ω} (∇u − v)²`` (:func:`fusion.energies.poisson_energy`) is the smooth part;
+    the constraint ``u = bg`` off Ω is the non-smooth part, whose prox is the projection ``Ω·z + (1 − Ω)·bg``.
+    Its minimiser solves Pérez's equations ``A u_Ω = b``, and iPiano stops a sample when
+    ``‖b − A u_Ω‖ / ‖b‖ ≤ tol`` — the same criterion, with the same default tolerance, as
+    :func:`poisson_solve_exact`.
+
+    Differentiable with respect to ``fg`` and ``bg`` by implicit differentiation at the returned minimiser
+    (:func:`fusion.optim.implicit.implicit_minimiser`: one CG solve with the energy's Hessian ``A``,
+    spectrally preconditioned, to ``tol``); nothing of the iteration is stored. The mask gets no gradient.
+
+    Args:
+        fg, bg, mask, mixed: as in :func:`poisson_blend`.
+        beta: iPiano's inertia ``β ∈ [0, 1)``.
+        max_iter: iteration cap, ``>= 1``.
+        tol: relative residual tolerance, ``> 0``.
+
+    Returns:
+        :class:`SolverResult`: ``history`` the energies, ``criterion`` :data:`PEREZ_CRITERION`, ``reached`` the
+        final relative residuals, ``info["criterion_history"]`` their values per iteration,
+        ``info["iterations"]`` per sample. A sample that stops at ``max_iter`` emits
+        :class:`fusion.ConvergenceWarning`.
+
+    Example:
+        >>> fg, bg = torch.rand(1, 1, 10, 12, dtype=torch.float64), torch.rand(1, 1, 10, 12, dtype=torch.float64)
+        >>> mask = torch.zeros(1, 1, 10, 12, dtype=torch.float64); mask[..., 3:7, 3:9] = 1
+        >>> res = poisson_solve_inertial(fg, bg, mask, tol=1e-8)
+        >>> res.all_converged, bool(perez_residual(res.solution, fg, bg, mask) <= 1e-8)
+        (True, True)
     """
     fg, bg, mask = _validate(fg, bg, mask)
-    region = (mask > 0.5).to(fg.dtype)
-    edges = region_edges(region)
-    field = guidance_field(fg, bg, mixed=mixed)
-    start = region * fg + (1 - region) * bg
-
-    def energy(u: torch.Tensor) -> torch.Tensor:
-        return poisson_energy(u, field, edges)
-
-    def project(z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        return region * z + (1 - region) * bg
-
-    return ipiano(energy, start, prox=project, beta=beta, lipschitz=1.0, max_iter=max_iter, tol=tol, min_iter=10)
+    _check_iterations(max_iter, tol)
+    return warn_unconverged(_inertial(fg, bg, mask, mixed, beta, max_iter, tol), "poisson (inertial)")
 
 
 register("poisson")(poisson_blend)

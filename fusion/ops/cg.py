@@ -6,14 +6,36 @@ from typing import Callable
 
 import torch
 
+from fusion.ops.checks import check_max_iter, check_tol
 from fusion.ops.result import SolverResult
 
 LinearOperator = Callable[[torch.Tensor], torch.Tensor]
+
+#: What :func:`conjugate_gradient` compares with ``tol``.
+CG_CRITERION = "relative residual ‖b − A x‖/‖b‖"
 
 
 def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample inner product over every axis but the first, shaped ``(B, 1, …, 1)`` for broadcasting."""
     return (a * b).flatten(1).sum(1).view(-1, *([1] * (a.ndim - 1)))
+
+
+def _norms(b: torch.Tensor) -> torch.Tensor:
+    """``‖b‖`` per sample, ``(B, 1, …, 1)``, with 1 in place of 0 (a zero right-hand side is measured absolutely)."""
+    norm = _bdot(b, b).sqrt()
+    return torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def relative_residual(apply_a: LinearOperator, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``‖b − A x‖ / ‖b‖`` per sample, computed directly (``(B,)``; the norm of ``b − A x`` when ``b = 0``).
+
+    Example:
+        >>> d = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+        >>> relative_residual(lambda x: d * x, torch.ones_like(d), torch.zeros_like(d))
+        tensor([1.], dtype=torch.float64)
+    """
+    r = b - apply_a(x)
+    return (_bdot(r, r).sqrt() / _norms(b)).flatten()
 
 
 def conjugate_gradient(
@@ -25,25 +47,40 @@ def conjugate_gradient(
     max_iter: int = 1000,
     tol: float = 1e-6,
     check_every: int = 10,
+    true_residual: bool = False,
 ) -> SolverResult:
     """Solve ``A x = b`` for every sample of a batch with preconditioned conjugate gradients.
 
     ``A`` (and the preconditioner ``M⁻¹``) must be symmetric positive definite on each sample and act on each
-    sample independently. Samples stop at their own pace: a converged sample is frozen while the others go on.
-    Convergence is ``‖b − A x‖ ≤ tol · ‖b‖`` per sample, checked every ``check_every`` iterations so that a GPU
-    is not synchronised on every step.
+    sample independently. Convergence is ``‖b − A x‖ ≤ tol · ‖b‖`` per sample, tested every ``check_every``
+    iterations (so that a GPU is not synchronised on every step) on the residual the iteration carries, which
+    equals ``b − A x`` up to rounding.
+
+    Samples are independent: each stops at the first test it passes and is frozen from then on (its ``x`` no
+    longer changes) while the others go on, so a sample stops at the same iteration with the same iterate alone
+    as in any batch; ``info["iterations"]`` holds the per-sample counts.
+
+    With ``true_residual=True`` a sample that passes the test is only accepted once ``b − A x``, computed
+    directly, passes it too. Otherwise the carried residual is replaced by the direct one and the iteration
+    restarts from the current ``x``; a sample whose direct residual did not at least halve since its previous
+    replacement has reached what its floating-point precision allows and is stopped as not converged
+    (``info["stagnated"]``). ``converged`` then means the directly computed residual met ``tol``.
 
     Args:
         apply_a: ``x ↦ A x`` on tensors shaped like ``b``.
         b: ``(B, ...)`` right-hand side.
         x0: initial guess (default zeros).
         precondition: ``r ↦ M⁻¹ r`` (default identity).
-        max_iter: iteration limit.
-        tol: relative residual tolerance.
+        max_iter: iteration limit, ``>= 1``.
+        tol: relative residual tolerance, ``> 0``.
         check_every: how often the stopping test is evaluated.
+        true_residual: confirm convergence on the directly computed residual (see above).
 
     Returns:
-        :class:`SolverResult` with ``history`` the ``(iterations + 1, B)`` relative residuals.
+        :class:`SolverResult` with ``history`` the ``(iterations + 1, B)`` relative residuals the iteration
+        carries, ``criterion`` :data:`CG_CRITERION`, ``tol``, ``reached`` the final relative residual per sample
+        (the direct one where it was computed), ``info["iterations"]`` the ``(B,)`` iterations of each sample and
+        ``info["stagnated"]`` the ``(B,)`` samples stopped for lack of progress.
 
     Example:
         >>> d = torch.tensor([[1.0, 2.0, 4.0]], dtype=torch.float64)
@@ -51,20 +88,23 @@ def conjugate_gradient(
         >>> res.solution
         tensor([[1.0000, 0.5000, 0.2500]], dtype=torch.float64)
     """
-    if max_iter < 0:
-        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
-    if tol <= 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    check_max_iter(max_iter, "max_iter")
+    check_tol(tol, "tol")
+    check_max_iter(check_every, "check_every")
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     m_inv = precondition if precondition is not None else (lambda r: r)
-    b_norm = _bdot(b, b).sqrt()
-    b_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    b_norm = _norms(b)
     r = b - apply_a(x) if x0 is not None else b.clone()
     z = m_inv(r)
     p = z.clone()
     rz = _bdot(r, z)
     history = [(_bdot(r, r).sqrt() / b_norm).flatten()]
+    reached = history[0].clone()
     active = (history[0] > tol).view_as(b_norm)
+    batch = b.shape[0]
+    iterations = torch.zeros(batch, dtype=torch.long, device=b.device)
+    stagnated = torch.zeros(batch, dtype=torch.bool, device=b.device)
+    last_direct = torch.full_like(reached, float("inf"))
     it = 0
     while it < max_iter and bool(active.any()):
         for _ in range(min(check_every, max_iter - it)):
@@ -79,12 +119,36 @@ def conjugate_gradient(
             p = z + beta * p
             rz = rz_new
             history.append((_bdot(r, r).sqrt() / b_norm).flatten())
+            iterations += active.flatten().to(iterations.dtype)
             it += 1
-        active = active & (history[-1] > tol).view_as(b_norm)
-    rel = history[-1]
+        carried = history[-1]
+        reached = torch.where(active.flatten(), carried, reached)
+        passed = active.flatten() & (carried <= tol)
+        if true_residual and bool(passed.any()):
+            direct_r = b - apply_a(x)
+            direct = (_bdot(direct_r, direct_r).sqrt() / b_norm).flatten()
+            reached = torch.where(passed, direct, reached)
+            refused = passed & (direct > tol)
+            stuck = refused & (direct > 0.5 * last_direct)
+            restart = refused & ~stuck
+            stagnated |= stuck
+            last_direct = torch.where(refused, direct, last_direct)
+            # restart the refused samples from their directly computed residual
+            keep = restart.view_as(b_norm)
+            r = torch.where(keep, direct_r, r)
+            z = torch.where(keep, m_inv(r), z)
+            p = torch.where(keep, z, p)
+            rz = torch.where(keep, _bdot(r, z), rz)
+            passed = passed & ~refused
+            active = active & ~stuck.view_as(active)
+        active = active & ~passed.view_as(active)
     return SolverResult(
         solution=x,
         iterations=it,
         history=torch.stack(history),
-        converged=rel <= tol,
+        converged=reached <= tol,
+        criterion=CG_CRITERION,
+        tol=float(tol),
+        reached=reached,
+        info={"iterations": iterations, "stagnated": stagnated},
     )

@@ -47,6 +47,10 @@ def _bsum(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1)
 
 
+def _stack_or_empty(values: list[torch.Tensor], batch: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.stack(values) if values else like.new_zeros(0, batch)
+
+
 def _as_list(value, n: int, name: str) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -72,6 +76,8 @@ def ipiano(
     objective: SmoothEnergy | None = None,
     metric: Metric | None = None,
     descent_test: Literal["blocks", "joint", "both"] = "blocks",
+    criterion: SmoothEnergy | None = None,
+    criterion_name: str | None = None,
 ) -> SolverResult:
     """Minimise ``energy(*blocks) + Σ g_i`` by iPiano with backtracking.
 
@@ -89,7 +95,8 @@ def ipiano(
             non-decreasing sequence; e.g. 0.9 lets the step recover after a hard region).
         step_fraction: ``c ∈ (0, 1)``, the step is ``c·2(1−β)/L`` (iPiano needs ``ζ < 2(1−β)/L``).
         max_iter: iteration limit.
-        tol: stop a sample when ``|E_{k+1} − E_k| / |E_{k+1}| < tol`` (after ``min_iter`` iterations).
+        tol: stop a sample when ``|E_{k+1} − E_k| / |E_{k+1}| < tol`` (after ``min_iter`` iterations), or, with a
+            ``criterion``, when ``criterion(x_{k+1}) ≤ tol``.
         min_iter: iterations always performed, so that the inertial term acts.
         max_backtracks: limit on the backtracking loop per iteration.
         objective: full per-sample objective used for the stopping rule and the history (default: ``energy``;
@@ -104,9 +111,17 @@ def ipiano(
             — iPiano on the product space with the block-diagonal metric ``diag(L_i D_i)``, which makes the
             simultaneous update provably monotone for ``β = 0`` and costs one energy evaluation per trial instead
             of one per block. ``"both"``: both kinds.
+        criterion: optional stopping criterion ``criterion(x_1, …, x_n) -> (B,)`` evaluated (without autograd) at
+            every new iterate, replacing the relative energy change: a problem-specific measure such as the
+            relative residual of the optimality equations, so that ``converged`` means what the caller's other
+            solvers mean by it. ``None`` keeps the relative energy change.
+        criterion_name: what ``criterion`` measures, in words, for :attr:`SolverResult.criterion`.
     Returns:
         :class:`SolverResult`: ``solution`` (a tensor for one block, else a tuple), ``history`` the
-        ``(iterations + 1, B)`` objective values, ``converged`` per sample, ``info["lipschitz"]`` the final
+        ``(iterations + 1, B)`` objective values, ``converged`` per sample, ``criterion``/``tol``/``reached``
+        the stopping quantity in words, the tolerance and its last value per sample while it was iterating,
+        ``info["iterations"]`` the ``(B,)`` iterations of each sample, ``info["criterion_history"]`` the
+        ``(iterations, B)`` values of ``criterion`` (only when one is given), ``info["lipschitz"]`` the final
         estimates per block, ``info["evaluations"]`` the number of trial steps (prox + energy evaluations) per
         sample, ``info["inertia_resets"]`` how many iterations per sample dropped the inertial term because a
         trial left the domain of ``f`` (non-finite energy).
@@ -170,6 +185,9 @@ def ipiano(
     converged = torch.zeros(batch, dtype=torch.bool, device=dev)
     evaluations = torch.zeros(batch, dtype=torch.long, device=dev)
     resets = torch.zeros(batch, dtype=torch.long, device=dev)
+    sample_iterations = torch.zeros(batch, dtype=torch.long, device=dev)
+    reached = torch.full((batch,), float("inf"), device=dev, dtype=real)
+    criterion_history = []
     it = 0
     while it < max_iter and bool(active.any()):
         e0, grads = value_and_grad(xs)
@@ -231,8 +249,15 @@ def ipiano(
                 xs[i] = torch.where(keep, candidate[i], xs[i])
             e_new = objective(*xs).detach()
             it += 1
-            rel = (e_new - history[-1]).abs() / e_new.abs().clamp_min(torch.finfo(real).tiny)
-            done = moved & (rel < tol) & (it >= min_iter)
+            sample_iterations += active.to(sample_iterations.dtype)
+            if criterion is None:
+                rel = (e_new - history[-1]).abs() / e_new.abs().clamp_min(torch.finfo(real).tiny)
+                done = moved & (rel < tol) & (it >= min_iter)
+            else:
+                rel = criterion(*xs).detach().to(real).reshape(batch)
+                criterion_history.append(rel)
+                done = moved & (rel <= tol) & (it >= min_iter)
+            reached = torch.where(active, rel, reached)
             converged |= done
             active &= ~(done | failed)
             history.append(e_new)
@@ -245,5 +270,10 @@ def ipiano(
             "lipschitz": [lip.clone() for lip in lips],
             "evaluations": evaluations,
             "inertia_resets": resets,
+            "iterations": sample_iterations,
+            **({} if criterion is None else {"criterion_history": _stack_or_empty(criterion_history, batch, reached)}),
         },
+        criterion=criterion_name or ("relative energy change" if criterion is None else "stopping criterion"),
+        tol=float(tol),
+        reached=reached,
     )

@@ -1,10 +1,22 @@
 import numpy as np
 import pytest
 import torch
+from skimage import data as skdata
 
-from fusion.methods import gaussian_poisson_blend, gaussian_poisson_solve, get_method
+from fusion.methods import gaussian_poisson_blend, gaussian_poisson_solve, get_method, place_source
 from fusion.methods.gaussian_poisson import default_levels
-from tests.reference import gaussian_poisson_dense
+from tests.reference import gaussian_poisson_dense, gaussian_poisson_pyramid_reference
+
+
+def _photo(name: str, y: int, x: int, h: int, w: int, channels: int = 3) -> torch.Tensor:
+    img = getattr(skdata, name)()[y : y + h, x : x + w, :channels]
+    return torch.from_numpy(img.copy()).permute(2, 0, 1)[None].double() / 255
+
+
+def _soft_ellipse(h: int, w: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    r = (((yy - (h - 1) / 2) / (0.45 * h)) ** 2 + ((xx - (w - 1) / 2) / (0.45 * w)) ** 2).sqrt()
+    return ((1.25 - r) / 0.5).clamp(0, 1)[None, None]
 
 
 @pytest.mark.parametrize("beta, sigma", [(1.0, 0.5), (0.3, 1.2)])
@@ -27,15 +39,83 @@ def test_gradcheck(gen):
     )
 
 
+@pytest.mark.parametrize(
+    "shape, levels, color_shape",
+    [((26, 34), 3, None), ((21, 30), 2, (7, 9)), ((30, 17), 3, (12, 12)), ((16, 16), 1, (16, 16))],
+)
+def test_pyramid_matches_dense_least_squares_at_every_level(shape, levels, color_shape):
+    """Algorithm 1 against an independent NumPy pyramid (Gaussian 5×5 + bilinear halving) with eq. (9) solved by
+    dense least squares at every level: odd sizes, both aspect ratios, with and without a colour constraint."""
+    h, w = shape
+    fg, bg = _photo("astronaut", 120, 160, h, w, 2), _photo("coffee", 80, 150, h, w, 2)
+    mask = torch.zeros(1, 1, h, w, dtype=torch.float64)
+    mask[..., h // 4 : 3 * h // 4 + 1, w // 5 : 3 * w // 4] = 1
+    color = None if color_shape is None else _photo("chelsea", 50, 100, *color_shape, 2)
+    out = gaussian_poisson_blend(fg, bg, mask, color=color, levels=levels, beta=0.6, sigma=0.7)
+    for c in range(2):
+        ref = gaussian_poisson_pyramid_reference(
+            fg[0, c].numpy(),
+            bg[0, c].numpy(),
+            mask[0, 0].numpy(),
+            None if color is None else color[0, c].numpy(),
+            0.6,
+            0.7,
+            levels,
+        )
+        np.testing.assert_allclose(out[0, c].numpy(), ref, atol=1e-9, rtol=0)
+
+
 def test_pyramid_any_aspect_ratio(device, dtype):
     g = torch.Generator().manual_seed(0)
-    fg = torch.rand(2, 3, 200, 120, generator=g, dtype=dtype).to(device)
-    bg = torch.rand(2, 3, 200, 120, generator=g, dtype=dtype).to(device)
-    mask = torch.zeros(2, 1, 200, 120, dtype=dtype, device=device)
+    fg = torch.rand(2, 3, 200, 120, generator=g, dtype=torch.float64)
+    bg = torch.rand(2, 3, 200, 120, generator=g, dtype=torch.float64)
+    mask = torch.zeros(2, 1, 200, 120, dtype=torch.float64)
     mask[..., 50:150, 30:90] = 1
-    out = gaussian_poisson_blend(fg, bg, mask)
-    assert out.shape == fg.shape and out.dtype == dtype and torch.isfinite(out).all()
+    out = gaussian_poisson_blend(fg.to(device, dtype), bg.to(device, dtype), mask.to(device, dtype))
+    assert out.shape == fg.shape and out.dtype == dtype and out.device.type == device.type
     assert default_levels(200, 120) == 3
+    ref = gaussian_poisson_blend(fg, bg, mask)  # float64 on the CPU
+    assert float((out.double().cpu() - ref).abs().max()) < (1e-4 if dtype == torch.float32 else 1e-10)
+
+
+def _three_samples(dtype):
+    sources = [
+        _photo("astronaut", 180, 200, 14, 16),
+        _photo("chelsea", 60, 150, 12, 18),
+        _photo("coffee", 150, 250, 16, 12),
+    ]
+    backgrounds = [
+        _photo("coffee", 20, 40, 24, 30),
+        _photo("astronaut", 300, 100, 24, 30),
+        _photo("chelsea", 100, 50, 24, 30),
+    ]
+    masks = [_soft_ellipse(14, 16), torch.ones(1, 1, 12, 18, dtype=torch.float64), _soft_ellipse(16, 12)]
+    offsets = [(3, 4), (-2, 14), (8, -2)]
+    out = [place_source(s, m, b, offset=o) + (b,) for s, m, b, o in zip(sources, masks, backgrounds, offsets)]
+    return [[x.to(dtype) for x in triple] for triple in zip(*out)]
+
+
+@pytest.mark.parametrize("with_color", [False, True])
+def test_batch_equals_single_calls(with_color, dtype):
+    fgs, ms, bgs = _three_samples(dtype)
+    colors = [_photo(n, 10, 20, 6, 8).to(dtype) for n in ("chelsea", "coffee", "astronaut")] if with_color else None
+    kwargs = lambda i: {"color": None if colors is None else (torch.cat(colors) if i is None else colors[i])}  # noqa: E731
+    batch = gaussian_poisson_blend(torch.cat(fgs), torch.cat(bgs), torch.cat(ms), levels=2, **kwargs(None))
+    for i in range(3):
+        single = gaussian_poisson_blend(fgs[i], bgs[i], ms[i], levels=2, **kwargs(i))
+        assert float((batch[i : i + 1] - single).abs().max()) <= (1e-5 if dtype == torch.float32 else 1e-10)
+    assert float((batch[0] - batch[1]).abs().max()) > 0.1
+
+
+def test_gradcheck_blend_all_inputs():
+    """Differentiable with respect to fg, bg, the soft mask and the colour constraint (real 12×14 crops)."""
+    fg = _photo("astronaut", 200, 240, 12, 14, 1).requires_grad_()
+    bg = _photo("coffee", 100, 200, 12, 14, 1).requires_grad_()
+    mask = (0.1 + 0.8 * _soft_ellipse(12, 14)).requires_grad_()
+    color = _photo("chelsea", 40, 60, 4, 5, 1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda f, b, m, c: gaussian_poisson_blend(f, b, m, color=c, levels=2, beta=0.8), (fg, bg, mask, color)
+    )
 
 
 def test_colour_constraint_sets_low_frequencies():

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from fusion.ops import conjugate_gradient, solve_masked_poisson
-from tests.reference import masked_poisson
+from fusion.ops.masked import BoxGroups, masked_poisson_operator, masked_poisson_preconditioner, region_boxes
+from tests.reference import masked_poisson, perez_system
 
 
 def test_cg_matches_dense_solve(gen):
@@ -70,3 +71,175 @@ def test_masked_poisson_float32(device, gen):
     r64 = solve_masked_poisson(rhs.double(), bnd.double(), region.double(), tol=1e-12)
     assert r32.solution.dtype == torch.float32
     assert (r32.solution.double() - r64.solution).abs().max() < 1e-3
+
+
+def _stencil_batch(n=60):
+    """``x ↦ x + c_i (2x_j − x_{j−1} − x_{j+1})`` per sample with c = 0.1, 10, 1000 (condition about 1.4, 41,
+    4000): element-wise, so its values do not depend on the batch it is applied in."""
+    c = torch.tensor([[0.1], [10.0], [1000.0]], dtype=torch.float64)
+
+    def apply(x, c):
+        pad = torch.nn.functional.pad
+        return x + c * (2 * x - pad(x[:, 1:], (0, 1)) - pad(x[:, :-1], (1, 0)))
+
+    return c, apply
+
+
+@pytest.mark.parametrize("check_every", [1, 10])
+@pytest.mark.parametrize("true_residual", [False, True])
+def test_cg_sample_alone_and_in_a_batch_stop_alike(check_every, true_residual, gen):
+    """Each sample stops at the same iteration with the same iterate whatever else is in its batch."""
+    c, apply = _stencil_batch()
+    b = torch.randn(3, 60, generator=gen, dtype=torch.float64)
+
+    def solve(idx):
+        return conjugate_gradient(
+            lambda x: apply(x, c[idx]),
+            b[idx],
+            tol=1e-10,
+            max_iter=500,
+            check_every=check_every,
+            true_residual=true_residual,
+        )
+
+    together = solve(slice(None))
+    counts = together.info["iterations"].tolist()
+    assert len(set(counts)) > 1  # they really stop at different times
+    for i in range(3):
+        alone = solve(slice(i, i + 1))
+        assert alone.info["iterations"].tolist() == [counts[i]]
+        assert counts[i] % check_every == 0
+        torch.testing.assert_close(together.solution[i : i + 1], alone.solution, rtol=0, atol=1e-15)
+        torch.testing.assert_close(together.reached[i : i + 1], alone.reached, rtol=0, atol=1e-18)
+    assert together.all_converged
+    dense = torch.stack([apply(torch.eye(60, dtype=torch.float64), c[i]) for i in range(3)])  # symmetric
+    torch.testing.assert_close(together.solution, torch.linalg.solve(dense, b), atol=1e-6, rtol=0)
+
+
+def test_cg_true_residual_measures_b_minus_ax(gen):
+    c, apply = _stencil_batch()
+    b = torch.randn(3, 60, generator=gen, dtype=torch.float64)
+    res = conjugate_gradient(lambda x: apply(x, c), b, tol=1e-9, true_residual=True)
+    direct = torch.linalg.vector_norm(b - apply(res.solution, c), dim=1) / torch.linalg.vector_norm(b, dim=1)
+    torch.testing.assert_close(res.reached, direct, rtol=1e-12, atol=0)
+    assert res.all_converged and bool((direct <= 1e-9).all())
+    assert res.criterion == "relative residual ‖b − A x‖/‖b‖" and res.tol == 1e-9
+
+
+def test_cg_true_residual_stops_at_the_precision_floor(gen):
+    """In float32 a tolerance of 1e-12 cannot be met: the carried residual would claim it, the direct one does
+    not; the sample is stopped as stagnated long before max_iter and reported as not converged."""
+    n = 200
+    main = torch.full((1, n), 2.0)
+
+    def apply_a(x):  # the 1-D Dirichlet Laplacian, condition number about 1.6e4
+        return main * x - torch.nn.functional.pad(x[:, 1:], (0, 1)) - torch.nn.functional.pad(x[:, :-1], (1, 0))
+
+    b = torch.randn(1, n, generator=gen)
+    plain = conjugate_gradient(apply_a, b, tol=1e-12, max_iter=5000)
+    checked = conjugate_gradient(apply_a, b, tol=1e-12, max_iter=5000, true_residual=True)
+    direct = float(torch.linalg.vector_norm(b - apply_a(checked.solution)) / torch.linalg.vector_norm(b))
+    assert not checked.all_converged and bool(checked.info["stagnated"][0])
+    assert checked.iterations < 1000
+    assert float(checked.reached[0]) == pytest.approx(direct, rel=1e-6) and direct > 1e-12
+    # without the check the carried residual, which drifts from b − A x in float32, claims convergence
+    assert plain.all_converged
+    assert float(torch.linalg.vector_norm(b - apply_a(plain.solution)) / torch.linalg.vector_norm(b)) > 1e-12
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [(dict(max_iter=0), "max_iter"), (dict(tol=-1.0), "tol"), (dict(check_every=0), "check_every")]
+)
+def test_cg_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conjugate_gradient(lambda x: x, torch.ones(1, 3), **kwargs)
+
+
+@pytest.mark.parametrize("precondition", ["spectral", "jacobi"])
+def test_preconditioner_is_per_sample(precondition, gen):
+    """M⁻¹ of a batch equals M⁻¹ of each sample alone: boxes of different sizes and places, two of equal size."""
+    h, w = 20, 26
+    region = torch.zeros(4, 1, h, w, dtype=torch.float64)
+    region[0, 0, 2:9, 3:12] = 1
+    region[1, 0, 10:17, 12:21] = 1  # same box size as sample 0, another place: solved in the same call
+    region[2, 0, 0:20, 20:26] = 1  # touches the border
+    region[3, 0, 5:6, 5:6] = 1
+    region[1, 0, 13, 16] = 0  # a hole
+    r = torch.randn(4, 2, h, w, generator=gen, dtype=torch.float64) * region
+    m_batch = masked_poisson_preconditioner(region, precondition)
+    out = m_batch(r)
+    for i in range(4):
+        alone = masked_poisson_preconditioner(region[i : i + 1], precondition)(r[i : i + 1])
+        torch.testing.assert_close(out[i : i + 1], alone, rtol=0, atol=1e-14)
+    assert torch.equal(out * (1 - region), torch.zeros_like(out))
+
+
+def test_spectral_preconditioner_on_a_rectangle_is_the_inverse(gen):
+    """For a rectangular Ω away from the border, M⁻¹ = A⁻¹: PCG stops after one iteration (tested every one)."""
+    region = torch.zeros(2, 1, 18, 22, dtype=torch.float64)
+    region[0, 0, 3:12, 4:19] = 1
+    region[1, 0, 6:15, 2:9] = 1
+    rhs = torch.randn(2, 1, 18, 22, generator=gen, dtype=torch.float64)
+    bnd = torch.randn(2, 1, 18, 22, generator=gen, dtype=torch.float64)
+    res = solve_masked_poisson(rhs, bnd, region, tol=1e-12, check_every=1)
+    assert res.info["iterations"].tolist() == [1, 1] and res.all_converged
+    for i in range(2):
+        ref = masked_poisson(rhs[i, 0].numpy(), bnd[i, 0].numpy(), region[i, 0].numpy() > 0.5)
+        np.testing.assert_allclose(res.solution[i, 0].numpy(), ref, atol=1e-12, rtol=0)
+
+
+def test_region_boxes_and_groups():
+    region = torch.zeros(3, 1, 8, 9)
+    region[0, 0, 2:4, 3:5] = 1
+    region[1, 0, 0:2, 7:9] = 1
+    region[2, 0, 5:7, 0:2] = 1
+    assert region_boxes(region, grow=0) == [(2, 4, 3, 5), (0, 2, 7, 9), (5, 7, 0, 2)]
+    assert region_boxes(region) == [(1, 5, 2, 6), (0, 3, 6, 9), (4, 8, 0, 3)]
+    groups = BoxGroups(region_boxes(region, grow=0), region.device)
+    assert len(groups.groups) == 1  # all three boxes are 2×2
+    x = torch.arange(3 * 2 * 8 * 9.0).view(3, 2, 8, 9)
+    (crops,) = groups.gather(x)
+    for i, (y0, y1, x0, x1) in enumerate(region_boxes(region, grow=0)):
+        assert torch.equal(crops[i], x[i, :, y0:y1, x0:x1])
+    back = groups.scatter(torch.zeros_like(x), [crops])
+    assert torch.equal(back, x * region)
+    with pytest.raises(ValueError, match="empty"):
+        region_boxes(torch.zeros(1, 1, 4, 4))
+
+
+def test_masked_solve_gradcheck_and_adjoint_uses_the_operator(gen):
+    region = torch.zeros(1, 1, 7, 8, dtype=torch.float64)
+    region[..., 1:6, 2:7] = 1
+    region[..., 3, 4] = 0
+    rhs = torch.randn(1, 1, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    bnd = torch.randn(1, 1, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r, b: solve_masked_poisson(r, b, region, tol=1e-13).solution, (rhs, bnd))
+
+
+def test_masked_operator_is_perez_matrix_and_symmetric(gen):
+    """``x ↦ Ω·(−Δ(Ω·x))`` equals SciPy's assembled A on Ω (for x non-zero off Ω too) and ⟨Kx, y⟩ = ⟨x, Ky⟩."""
+    h, w = 9, 12
+    region = (torch.rand(1, 1, h, w, generator=gen) > 0.4).double()
+    region[0, 0, 0, :] = 1
+    x = torch.randn(1, 2, h, w, generator=gen, dtype=torch.float64)
+    y = torch.randn(1, 2, h, w, generator=gen, dtype=torch.float64)
+    apply_a = masked_poisson_operator(region)
+    inside = region[0, 0].numpy() > 0.5
+    a, _ = perez_system(np.zeros((h, w)), np.zeros((h, w)), inside)
+    for c in range(2):
+        out = apply_a(x)[0, c].numpy()
+        np.testing.assert_allclose(out[inside], a @ x[0, c].numpy()[inside], atol=1e-12, rtol=0)
+        assert np.abs(out[~inside]).max() == 0
+    assert abs(float((apply_a(x) * y).sum() - (x * apply_a(y)).sum())) < 1e-11
+
+
+def test_jacobi_preconditioner_divides_by_the_neighbour_count(gen):
+    region = torch.zeros(1, 1, 6, 7, dtype=torch.float64)
+    region[..., :, 0:3] = 1  # border pixels (3 neighbours), a corner (2) and interior ones (4)
+    r = torch.randn(1, 1, 6, 7, generator=gen, dtype=torch.float64)
+    got = masked_poisson_preconditioner(region, "jacobi")(r)
+    count = np.zeros((6, 7))
+    for i in range(6):
+        for j in range(7):
+            count[i, j] = sum(0 <= i + di < 6 and 0 <= j + dj < 7 for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)))
+    np.testing.assert_allclose(got[0, 0].numpy(), r[0, 0].numpy() * region[0, 0].numpy() / count, atol=1e-15)

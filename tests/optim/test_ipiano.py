@@ -134,3 +134,96 @@ def test_metric_prox_gets_elementwise_steps_and_joint_test_is_monotone(gen):
 def test_bad_descent_test():
     with pytest.raises(ValueError, match="descent_test"):
         ipiano(lambda x: x.sum(1), torch.zeros(1, 2), descent_test="both-ways")
+
+
+def test_default_stopping_rule_is_the_relative_energy_change(gen):
+    """Without a criterion a sample stops at the first iteration (after min_iter) whose relative energy change is
+    below tol; ``reached`` reports that change, computed here from the energy history."""
+    target = torch.randn(1, 5, generator=gen, dtype=torch.float64)
+    scale = torch.linspace(1, 20, 5, dtype=torch.float64)
+
+    def energy(x):
+        return 0.5 * (scale * (x - target) ** 2).sum(1) + 1.0
+
+    res = ipiano(energy, torch.zeros(1, 5, dtype=torch.float64), beta=0.3, tol=1e-9, max_iter=5000, min_iter=5)
+    e = res.history[:, 0]
+    rel = (e[1:] - e[:-1]).abs() / e[1:].abs()
+    assert res.all_converged and res.criterion == "relative energy change" and res.tol == 1e-9
+    assert float(rel[-1]) < 1e-9 and bool((rel[4:-1] >= 1e-9).all())
+    torch.testing.assert_close(res.reached, rel[-1:], rtol=1e-12, atol=0)
+    assert res.info["iterations"].tolist() == [res.iterations] and "criterion_history" not in res.info
+
+
+def test_criterion_replaces_the_stopping_rule(gen):
+    """A caller-supplied criterion (here the gradient norm of a quadratic) decides convergence, per sample."""
+    target = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    scale = torch.stack([torch.linspace(1, s, 6, dtype=torch.float64) for s in (2.0, 20.0, 200.0)])
+
+    def energy(x):
+        return 0.5 * (scale * (x - target) ** 2).sum(1)
+
+    def gradient_norm(x):
+        return torch.linalg.vector_norm(scale * (x - target), dim=1)
+
+    def run(idx):
+        return ipiano(
+            lambda x: 0.5 * (scale[idx] * (x - target[idx]) ** 2).sum(1),
+            torch.zeros_like(target[idx]),
+            beta=0.5,
+            tol=1e-8,
+            max_iter=20000,
+            min_iter=1,
+            criterion=lambda x: torch.linalg.vector_norm(scale[idx] * (x - target[idx]), dim=1),
+            criterion_name="gradient norm",
+        )
+
+    res = run(slice(None))
+    assert res.all_converged and res.criterion == "gradient norm"
+    final = gradient_norm(res.solution)
+    assert bool((final <= 1e-8).all())
+    torch.testing.assert_close(res.reached, final, rtol=0, atol=0)
+    counts = res.info["iterations"]
+    assert len(set(counts.tolist())) == 3
+    hist = res.info["criterion_history"]
+    assert hist.shape == (res.iterations, 3)
+    for i in range(3):
+        k = int(counts[i])
+        assert float(hist[k - 1, i]) <= 1e-8 and bool((hist[: k - 1, i] > 1e-8).all())
+        alone = run(slice(i, i + 1))
+        assert alone.info["iterations"].tolist() == [k]
+        torch.testing.assert_close(alone.solution, res.solution[i : i + 1], rtol=0, atol=1e-15)
+    assert energy(res.solution).max() < 1e-12
+
+
+def test_criterion_not_met_at_the_cap():
+    target = torch.ones(1, 4, dtype=torch.float64)
+    res = ipiano(
+        lambda x: 0.5 * ((x - target) ** 2).sum(1),
+        torch.zeros(1, 4, dtype=torch.float64),
+        max_iter=3,
+        tol=1e-12,
+        criterion=lambda x: (x - target).abs().amax(1),
+    )
+    assert res.iterations == 3 and not res.all_converged
+    assert float(res.reached[0]) == pytest.approx(float((res.solution - target).abs().max()))
+
+
+def test_default_rule_reached_is_each_samples_own_stopping_value(gen):
+    """In a batch, a sample that stops early keeps its own final relative change (not the frozen zeros after)."""
+    target = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    scale = torch.stack([torch.linspace(1, 2, 5), torch.linspace(1, 200, 5)]).double()
+    res = ipiano(
+        lambda x: 0.5 * (scale * (x - target) ** 2).sum(1) + 1.0, torch.zeros_like(target), tol=1e-10, max_iter=20000
+    )
+    counts = res.info["iterations"]
+    assert int(counts[0]) < int(counts[1]) == res.iterations
+    e = res.history[:, 0]
+    k = int(counts[0])
+    torch.testing.assert_close(res.reached[:1], ((e[k] - e[k - 1]).abs() / e[k].abs())[None], rtol=1e-12, atol=0)
+    assert float(res.reached[0]) > 0
+
+
+def test_min_iter_iterations_exactly_when_already_at_the_minimum():
+    target = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    res = ipiano(lambda x: 0.5 * ((x - target) ** 2).sum(1) + 1.0, target.clone(), min_iter=7, tol=1e-8)
+    assert res.iterations == 7 and res.all_converged
