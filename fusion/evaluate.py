@@ -153,8 +153,17 @@ def format_table(results: dict[str, Any], name: str | None = None) -> str:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command-line contract: a usage error is one ``error: ...`` line and exit status 2."""
+
+    def error(self, message: str):  # noqa: ANN201 (argparse's hook)
+        hint = "python -m fusion.evaluate --help lists the options"
+        print(f"error: {' '.join(message.split())} ({hint})", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.evaluate", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m fusion.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a .ckpt written by train.py")
     parser.add_argument("--samples", type=int, default=None, help="importance samples per image (default: run's)")
     parser.add_argument("--mse-samples", type=int, default=None, help="prior samples per image for MSE_min")

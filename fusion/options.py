@@ -160,13 +160,21 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def check_options(fn: Callable[..., Any], options: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def check_options(
+    fn: Callable[..., Any],
+    options: Mapping[str, Any],
+    prefix: str,
+    *,
+    forwards_to: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """Check keyword options meant for ``fn`` (a function or a class) against its annotations.
 
     Args:
         fn: the callee; for a class, its ``__init__``.
         options: option name → value, as parsed from the config.
         prefix: how the user names them, e.g. ``"method"`` (messages say ``method.max_iter``).
+        forwards_to: where ``fn`` passes its ``**kwargs`` on: the options ``fn`` does not name are checked against
+            this function's signature instead (unknown ones included).
 
     Returns:
         The options, with ints converted where a float is expected.
@@ -191,6 +199,10 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], prefix: st
     hints = _hints(fn)
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     checked = {}
+    if open_ended and forwards_to is not None:
+        mine = {k: v for k, v in options.items() if k in parameters}
+        rest = {k: v for k, v in options.items() if k not in parameters}
+        return {**check_options(fn, mine, prefix), **check_options(forwards_to, rest, prefix)}
     for key, value in options.items():
         name = f"{prefix}.{key}" if prefix else key
         if key not in parameters:

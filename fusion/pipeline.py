@@ -85,6 +85,9 @@ def exit_on_input_error() -> Iterator[None]:
             message = f"{err.strerror or 'file not found'}: {err.filename}"  # raised by the OS, not by us
         else:
             message = str(err) or type(err).__name__
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the original message only
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            message = last.split(": ", 1)[1] if last.startswith(type(err).__name__ + ": ") else last
         print(f"error: {_one_line(message)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
 
@@ -229,7 +232,8 @@ def prepare_run(argv: Sequence[str], config_dir: str | os.PathLike[str], config_
       saved config, no log file: warnings go to stderr only).
     * otherwise, unless ``hydra.run.dir`` is given: a new run folder is claimed (:func:`claim_run_dir`) from the
       configured pattern (``outputs/<task>/<date>_<time>-<microseconds>``), and :func:`run_cli` removes it again if
-      the run fails before writing a checkpoint.
+      the run fails before writing a checkpoint. A ``hydra.run.dir`` that does not exist yet is treated the same
+      way; an existing one (a run being resumed) is never removed.
 
     Command lines with flags (``--help``, ``--multirun``, ...) are left to Hydra.
     """
@@ -240,6 +244,10 @@ def prepare_run(argv: Sequence[str], config_dir: str | os.PathLike[str], config_
     if config_name == "infer" and cfg.get("out") is not None:
         return ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     if any(arg.lstrip("+~").split("=", 1)[0] == "hydra.run.dir" for arg in argv):
+        given = Path(str(cfg.hydra.run.dir)).absolute()
+        if not given.exists():  # a folder this run creates: it is removed again if the run fails
+            _created_parents[:] = [p for p in given.parents if not p.exists()]
+            _claimed_run_dir = given
         return []
     from omegaconf.errors import OmegaConfBaseException
 
@@ -432,7 +440,7 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
 
     name, params = _method_params(cfg.method)
     spec = method_spec(name)
-    params = check_options(spec.fn, params, "method")
+    params = check_options(spec.fn, params, "method", forwards_to=spec.options_from)
     check_value(cfg.get("side_by_side", True), bool, "side_by_side")
     check_value(cfg.get("device", "auto"), str, "device")
     device = resolve_device(cfg.get("device", "auto"))
@@ -732,11 +740,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if "Unsupported global" in str(err):  # a pickle of arbitrary objects: never unpickled here
+            raise ValueError(
+                f"checkpoint {path} holds Python objects besides tensors and plain values, which are not loaded; "
+                "expected a checkpoint written by train.py"
+            ) from None
         reason = _one_line(str(err)).split(". ")[0][:160] or type(err).__name__
         raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ValueError(f"checkpoint {path} has no state_dict; expected a checkpoint written by train.py")
     return checkpoint
+
+
+def check_state_fits(state: Mapping[str, Any], own: Mapping[str, Any], path: Path, what: str) -> None:
+    """Check that a checkpoint's weights fit a network before loading them: the same names and shapes.
+
+    Raises:
+        ValueError: one line with the counts of missing, unexpected and mis-shaped entries and a first example.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        k for k in set(own) & set(state) if getattr(own[k], "shape", None) != getattr(state[k], "shape", None)
+    )
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (e.g. {keys[0]!r})")
+    raise ValueError(
+        f"checkpoint {path} does not fit {what}: {', '.join(parts)} weights; was it written by another experiment?"
+    )
 
 
 def _checkpoint_dir(callbacks: Sequence[Any], output_dir: Path) -> Path:
@@ -808,6 +843,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if missing:
         hints = "".join(_layout_hint(cfg, key) for key in missing)
         raise ValueError(f"missing required config value(s): {', '.join(missing)}; set them as KEY=VALUE{hints}")
+    from fusion.options import check_value
+
+    check_value(cfg.get("seed"), int | None, "seed")
+    check_value(cfg.get("ckpt_path"), str | None, "ckpt_path")
     output_dir = Path(to_absolute_path(str(cfg.paths.output_dir)))
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and str(ckpt_path) != "last":  # vet an explicit checkpoint before anything is built
@@ -823,9 +862,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if node is not None and "_target_" in node
     ]
     resume = _resume_path(ckpt_path, _checkpoint_dir(callbacks, output_dir))
-    step = load_checkpoint(resume).get("global_step", 0) if resume is not None else 0
+    checkpoint = load_checkpoint(resume) if resume is not None else None
+    step = checkpoint.get("global_step", 0) if checkpoint is not None else 0
     datamodule = _instantiate(cfg.data, "data")
     model = _instantiate(cfg.model, "model")
+    if checkpoint is not None:
+        check_state_fits(checkpoint["state_dict"], model.state_dict(), resume, "the model of this run")
+        del checkpoint
     loggers = _build_loggers(cfg.get("logger"), output_dir)
     trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     config_path = _save_run_config(cfg, output_dir)
@@ -888,16 +931,16 @@ def load_generator(checkpoint: str | os.PathLike[str], *, key: str = "generator"
     run_cfg = OmegaConf.load(config_path)
     node = OmegaConf.select(run_cfg, f"model.{key}")
     if node is None:
-        raise ValueError(f"the run config {config_path} has no model.{key}; was it written by a GP-GAN run?")
+        kinds = {"generator": "GP-GAN (experiment=gpgan_*)", "network": "FusionVAE, CVAE or FCN"}
+        kind = kinds.get(key, f"a model with a {key}")
+        raise ValueError(f"the run config {config_path} has no model.{key}: this needs a checkpoint of a {kind} run")
     network = _instantiate(node, f"model.{key}")
     prefix = f"{key}."
     state = {k[len(prefix) :]: v for k, v in checkpoint_data["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"checkpoint {path} holds no {key} weights (no '{prefix}*' entries)")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} does not fit model.{key} of {config_path}: {_one_line(str(err))[:200]}")
+    check_state_fits(state, network.state_dict(), path, f"model.{key} of {config_path}")
+    network.load_state_dict(state)
     return network.eval()
 
 

@@ -105,3 +105,20 @@ def test_literal_does_not_confuse_booleans_and_numbers() -> None:
     with pytest.raises(ValueError):
         check_value(1, Literal[True, "warn"], "x")
     assert check_value("warn", bool | Literal["warn"] | None, "x") == "warn"
+
+
+def test_forwarded_options_are_checked_against_the_receiver() -> None:
+    def solve(fg, *, lr: float = 1.0, mixed_precision: bool | None = None):
+        return None
+
+    def adapter(fg, *, seed: int = 0, **options):
+        return solve(fg, **options)
+
+    got = check_options(adapter, {"seed": 3, "lr": 2}, "method", forwards_to=solve)
+    assert got == {"seed": 3, "lr": 2.0} and type(got["lr"]) is float
+    with pytest.raises(ValueError, match="method.mixed_precision must be true or false or null, got 'abc'"):
+        check_options(adapter, {"mixed_precision": "abc"}, "method", forwards_to=solve)
+    with pytest.raises(ValueError, match="method.seed must be an integer"):
+        check_options(adapter, {"seed": "x"}, "method", forwards_to=solve)
+    with pytest.raises(ValueError, match="unknown option method.nope"):
+        check_options(adapter, {"nope": 1}, "method", forwards_to=solve)

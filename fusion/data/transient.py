@@ -20,6 +20,7 @@ no shared state. With ``eval_masks`` the validation composites use object masks 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ __all__ = [
     "EpochSampler",
     "central_square_mask",
     "index_webcams",
+    "is_complete_image",
     "split_webcams",
     "write_synthetic_transient",
 ]
@@ -80,6 +82,9 @@ def index_webcams(root: str | Path) -> dict[str, list[Path]]:
 
     The annotation files are optional (GP-GAN uses the photographs only); when present they are validated.
 
+    Every JPEG and PNG is checked for truncation (:func:`is_complete_image`): a truncated file is one error naming
+    the first such file and their number, before training starts.
+
     Raises:
         FileNotFoundError: ``root``, ``imageAlignedLD`` or one of the two annotation files (when the other is
             there) is missing (the message names the layout).
@@ -104,12 +109,35 @@ def index_webcams(root: str | Path) -> dict[str, list[Path]]:
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
         if len(images) >= 2:
             webcams[folder.name] = images
+    broken = [path for images in webcams.values() for path in images if not is_complete_image(path)]
+    if broken:
+        raise ValueError(
+            f"{len(broken)} image(s) under {root / IMAGE_DIR} are truncated (no end-of-image marker), e.g. "
+            f"{broken[0]}; replace or remove them"
+        )
     if len(webcams) < 2:
         raise ValueError(
             f"{root / IMAGE_DIR} has {len(webcams)} webcam folder(s) with at least two images; need two or more "
             f"(one for training, one for validation); {LAYOUT}"
         )
     return webcams
+
+
+def is_complete_image(path: Path) -> bool:
+    """Whether a JPEG or PNG file ends with its format's end marker (JPEG EOI ``FF D9``, PNG ``IEND``).
+
+    A download or copy cut short loses its end, so this finds truncated files by reading their last bytes only,
+    without decoding them. Other formats are not checked (``True``).
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        return True
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 64))
+        tail = handle.read()
+    return (b"\xff\xd9" in tail) if suffix != ".png" else (b"IEND" in tail)
 
 
 def split_webcams(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -134,14 +162,21 @@ def central_square_mask(image_size: int, ratio: float) -> torch.Tensor:
 
 
 def _load_resized(path: Path, load_size: int, *, mode: str = "RGB") -> torch.Tensor:
-    """Read ``path``, resize it so its shorter side is ``load_size`` (bilinear); ``(C, h, w)`` in [0, 1]."""
-    with Image.open(path) as image:
-        image = image.convert(mode)
-        w, h = image.size
-        scale = load_size / min(w, h)
-        size = (max(load_size, math.ceil(w * scale)), max(load_size, math.ceil(h * scale)))
-        image = image.resize(size, Image.BILINEAR, reducing_gap=None)
-        array = np.asarray(image, dtype=np.float32) / 255.0
+    """Read ``path``, resize it so its shorter side is ``load_size`` (bilinear); ``(C, h, w)`` in [0, 1].
+
+    Raises:
+        ValueError: the file cannot be decoded (naming it).
+    """
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            w, h = image.size
+            scale = load_size / min(w, h)
+            size = (max(load_size, math.ceil(w * scale)), max(load_size, math.ceil(h * scale)))
+            image = image.resize(size, Image.BILINEAR, reducing_gap=None)
+            array = np.asarray(image, dtype=np.float32) / 255.0
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path}: {err}") from None
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -565,7 +565,7 @@ def deep_image_blend(
     return result.solution
 
 
-@register("deep_blend")
+@register("deep_blend", options_from=deep_blend_solve)
 def deep_blend(
     fg: torch.Tensor,
     bg: torch.Tensor,

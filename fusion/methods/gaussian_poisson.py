@@ -59,9 +59,46 @@ def gaussian_poisson_solve(
     return idct(x_hat, (-2, -1))
 
 
-def default_levels(height: int, width: int) -> int:
-    """Pyramid depth whose coarsest level has its longer side at most :data:`COARSEST_SIDE` (at least 1)."""
-    return 1 + max(0, math.ceil(math.log2(max(height, width) / COARSEST_SIDE)))
+#: Smallest side of a level that is blurred on the way down (the 5×5 Gaussian's mirror padding needs 3 pixels).
+MIN_BLURRED_SIDE = 3
+
+
+def check_levels(height: int, width: int, levels: int) -> list[tuple[int, int]]:
+    """The fine-to-coarse level sizes of a ``levels``-deep pyramid, checked to be buildable.
+
+    Every level but the coarsest is blurred by a 5×5 Gaussian before it is halved, so it needs at least
+    :data:`MIN_BLURRED_SIDE` pixels per side; the coarsest needs 2 (eq. (9) is solved there).
+
+    Raises:
+        ValueError: ``levels`` is not a positive integer, or the image is too small for that many levels.
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive integer, got {levels!r}")
+    sizes = pyramid_sizes(height, width, levels)
+    if min(height, width) < 2:
+        raise ValueError(f"the {height}x{width} image is too small: Gaussian-Poisson blending needs 2 pixels per side")
+    if min(sizes[-1]) < 2 or any(min(size) < MIN_BLURRED_SIDE for size in sizes[:-1]):
+        deepest = default_levels(height, width, longest=False)
+        raise ValueError(
+            f"levels={levels} is too deep for the {height}x{width} image (too small for that many halvings); "
+            f"use levels <= {deepest}"
+        )
+    return sizes
+
+
+def default_levels(height: int, width: int, *, longest: bool = True) -> int:
+    """Pyramid depth whose coarsest level has its longer side at most :data:`COARSEST_SIDE` (at least 1), and no
+    deeper than the image allows (:func:`check_levels`): a thin image (say 5×500) gets fewer levels.
+
+    With ``longest=False`` the deepest pyramid the image allows, whatever its longer side.
+    """
+    levels = 1 + max(0, math.ceil(math.log2(max(height, width) / COARSEST_SIDE))) if longest else 64
+    while levels > 1:
+        sizes = pyramid_sizes(height, width, levels)
+        if min(sizes[-1]) >= 2 and all(min(size) >= MIN_BLURRED_SIDE for size in sizes[:-1]):
+            break
+        levels -= 1
+    return levels
 
 
 def gaussian_poisson_blend(
@@ -113,11 +150,7 @@ def gaussian_poisson_blend(
     h, w = fg.shape[-2:]
     if levels is None:
         levels = default_levels(h, w)
-    if not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
-    sizes = pyramid_sizes(h, w, levels)
-    if min(sizes[-1]) < 2:
-        raise ValueError(f"levels={levels} shrinks the {h}x{w} image below 2 pixels; use fewer levels")
+    sizes = check_levels(h, w, levels)
     fgs = gaussian_pyramid(fg, sizes)
     bgs = gaussian_pyramid(bg, sizes)
     masks = gaussian_pyramid(mask, sizes)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.methods.gaussian_poisson import default_levels, gaussian_poisson_blend
+from fusion.methods.gaussian_poisson import check_levels, default_levels, gaussian_poisson_blend
 from fusion.methods.poisson import _validate
-from fusion.ops.filters import gaussian_pyramid, pyramid_sizes, resize
+from fusion.ops.filters import gaussian_pyramid, resize
 
 __all__ = ["blending_gan_color", "gpgan_blend"]
 
@@ -39,7 +39,7 @@ def blending_gan_color(
     """
     size = _generator_size(generator, size)
     h, w = fg.shape[-2:]
-    sizes = pyramid_sizes(h, w, default_levels(h, w) if levels is None else levels)
+    sizes = check_levels(h, w, default_levels(h, w) if levels is None else levels)
     composite = gaussian_pyramid(mask * fg + (1 - mask) * bg, sizes)[-1]
     param = next(generator.parameters(), None)
     g_dtype = param.dtype if param is not None else composite.dtype
@@ -102,7 +102,5 @@ def gpgan_blend(
     fg, bg, mask = _validate(fg, bg, mask)
     if fg.shape[1] != getattr(generator, "in_channels", fg.shape[1]):
         raise ValueError(f"fg has {fg.shape[1]} channels but the generator expects {generator.in_channels}")
-    if levels is not None and (not isinstance(levels, int) or isinstance(levels, bool) or levels < 1):
-        raise ValueError(f"levels must be a positive integer, got {levels!r}")
     color = blending_gan_color(fg, bg, mask, generator=generator, size=size, levels=levels)
     return gaussian_poisson_blend(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels)

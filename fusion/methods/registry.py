@@ -48,24 +48,33 @@ class MethodSpec:
         needs_mask: ``False`` for methods of two whole images (``mask`` is then ``None``).
         samples: sub-folder of ``datasets/samples`` holding this method's own built-in inputs (``fg.png``,
             ``bg.png``, ``mask.png``), used when none is given; ``None`` uses the shared ones.
+        options_from: for an adapter that passes ``**options`` on, the function receiving them: its signature
+            says which options exist and their types (the command line checks them before the method runs).
     """
 
     name: str
     fn: Method
     needs_mask: bool = True
     samples: str | None = None
+    options_from: Callable[..., object] | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, needs_mask: bool = True, samples: str | None = None) -> Callable[[Method], Method]:
+def register(
+    name: str,
+    *,
+    needs_mask: bool = True,
+    samples: str | None = None,
+    options_from: Callable[..., object] | None = None,
+) -> Callable[[Method], Method]:
     """Decorator adding ``fn`` to the registry under ``name`` (see :class:`MethodSpec` for the options)."""
 
     def deco(fn: Method) -> Method:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, needs_mask, samples)
+        _REGISTRY[name] = MethodSpec(name, fn, needs_mask, samples, options_from)
         return fn
 
     return deco

@@ -162,3 +162,23 @@ def test_errors_and_registry():
     with pytest.raises(ValueError, match="color must have 3"):
         gaussian_poisson_blend(fg, bg, mask, color=torch.rand(1, 1, 4, 4))
     assert get_method("gaussian_poisson") is gaussian_poisson_blend
+
+
+def test_thin_images_get_a_shallower_pyramid() -> None:
+    # a 5x500 strip: halving once gives 2 rows, which a 5x5 blur cannot pad, so the default stops at 2 levels
+    from fusion.methods.gaussian_poisson import check_levels, default_levels
+
+    assert default_levels(5, 500) == 2 and default_levels(256, 320) == 4 and default_levels(2, 2) == 1
+    assert check_levels(5, 500, 2) == [(5, 500), (2, 250)]
+    with pytest.raises(ValueError, match=r"levels=3 is too deep for the 5x500 image .* use levels <= 2"):
+        check_levels(5, 500, 3)
+    with pytest.raises(ValueError, match="too small"):
+        check_levels(1, 40, 1)
+    g = torch.Generator().manual_seed(3)
+    fg, bg = torch.rand(1, 3, 5, 500, generator=g), torch.rand(1, 3, 5, 500, generator=g)
+    mask = torch.zeros(1, 1, 5, 500)
+    mask[..., 1:4, 100:400] = 1
+    out = gaussian_poisson_blend(fg, bg, mask)
+    # outside the mask's reach the composite's colour is kept: far from the mask the result stays close to bg
+    assert out.shape == fg.shape and torch.isfinite(out).all()
+    assert (out - bg)[..., :, :50].abs().mean() < (out - fg)[..., :, :50].abs().mean()

@@ -212,3 +212,18 @@ def test_errors(gen: torch.Generator) -> None:
         gpgan_blend(fg, bg, mask, generator=nn.Identity())
     with pytest.raises(ValueError, match="channels"):
         gpgan_blend(fg[:, :1], bg[:, :1], mask, generator=BlendingGenerator(16, bottleneck=8))
+
+
+def test_gpgan_blends_a_thin_strip() -> None:
+    from fusion.nn.gpgan import BlendingGenerator
+
+    generator = BlendingGenerator(image_size=32, encoder_channels=8, decoder_channels=8, bottleneck=16).eval()
+    g = torch.Generator().manual_seed(5)
+    fg, bg = torch.rand(1, 3, 5, 500, generator=g), torch.rand(1, 3, 5, 500, generator=g)
+    mask = torch.zeros(1, 1, 5, 500)
+    mask[..., 1:4, 100:400] = 1
+    with torch.no_grad():
+        out = gpgan_blend(fg, bg, mask, generator=generator)
+    assert out.shape == fg.shape and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="too deep"):
+        gpgan_blend(fg, bg, mask, generator=generator, levels=4)
