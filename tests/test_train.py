@@ -91,6 +91,7 @@ def test_kill_mid_epoch_and_resume_from_last(resumed_run: dict) -> None:
     assert 0 < batches < 4 and 0 < killed["global_step"] < MAX_STEPS
     step = killed["global_step"]
     assert f"at global step {step}" in resumed.stdout
+    assert "weights_only" not in resumed.stdout + resumed.stderr  # resumed with weights_only=True, silently
     # a batch makes one or two optimizer steps (critic, then maybe generator), so the run may end one step past
     finished = int(re.search(r"finished at global step (\d+)", resumed.stdout).group(1))
     assert MAX_STEPS <= finished <= MAX_STEPS + 1
