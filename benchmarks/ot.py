@@ -3,9 +3,11 @@
 Problem: two real photographs (scikit-image astronaut → coffee) at 64×64 RGB with 32 time steps, constrained
 model with periodic colour conditions (``steps × C × H × W`` ≈ 0.4 M cells, ≈ 1.6 M unknowns). No public GPU
 implementation exists, so the reference is a plain NumPy/SciPy version of the same iteration on the CPU
-(written here, independent of the package): same grid, same steps, same initial point. Reported: iterations per
-second, the time of 1000 iterations, the time to reach a relative change ``tol``, and the agreement of the two
-implementations after the same number of iterations.
+(written here, independent of the package): same grid, same steps (``τ = 1.25 · mean f · max(H, W)``), same
+over-relaxation (ρ = 1.9), the projection applied twice in float32, same initial point. Reported: iterations per
+second, the time of 1000 iterations, the time to reach ``tol`` (the solver's stopping test: mean relative change
+per iteration over each 10-iteration check interval), and the agreement of the two implementations after the
+same number of iterations.
 
     python benchmarks/ot.py [--device cpu|cuda] [--size 64] [--steps 32] [--iters 1000] [--ref-iters 20] [--threads 1]
 """
@@ -27,7 +29,7 @@ from common import device_name, markdown_table  # noqa: E402
 
 from fusion.methods.ot import DEFAULT_STEP  # noqa: E402
 from fusion.ops.staggered import StaggeredGrid  # noqa: E402
-from fusion.optim.ot_primal_dual import ot_primal_dual  # noqa: E402
+from fusion.optim.ot_primal_dual import DEFAULT_RELAXATION, ot_primal_dual  # noqa: E402
 
 
 def make_inputs(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +74,8 @@ def _dif_faces_t(y, axis, h):
 class NumpyOT:
     """Constrained dynamic OT with periodic colour, ``u = [mx, my, mc, f]``; centred ``[vx, vy, vc, vf]``."""
 
-    def __init__(self, f0, f1, steps, tau):
-        self.f0, self.f1, self.p = f0, f1, steps
+    def __init__(self, f0, f1, steps, tau, rho=DEFAULT_RELAXATION):
+        self.f0, self.f1, self.p, self.rho = f0, f1, steps, rho
         c, h, w = f0.shape
         self.ht, self.hc, self.h = 1.0 / steps, 1.0 / c, 1.0 / max(h, w)
         self.tau, self.sigma = tau, 0.99 / tau
@@ -114,6 +116,10 @@ class NumpyOT:
         ]
 
     def project(self, u):
+        u = self._project(u)
+        return self._project(u) if u[0].dtype != np.float64 else u  # twice below float64, as the solver does
+
+    def _project(self, u):
         r = self.a(u) - self.b
         coef = sfft.dctn(r, type=2, norm="ortho", axes=(0, 2, 3))
         coef = np.fft.rfft(coef, axis=1) * self.inv
@@ -156,21 +162,24 @@ class NumpyOT:
             (1 - t) * self.f0 + t * self.f1,
         ]
         u = self.project(u)
-        ubar = u
         y = [np.zeros((p, c, h, w), dt) for _ in range(4)]
-        sg, ta = self.sigma, self.tau
+        sg, ta, rho = self.sigma, self.tau, self.rho
+        u_check = u
         for k in range(1, iters + 1):
-            z = [yi + sg * si for yi, si in zip(y, self.interp(ubar))]
+            # primal step, dual step at the extrapolated point, over-relaxation (Condat 2013)
+            ut = self.project([ui - ta * si for ui, si in zip(u, self.interp_t(y))])
+            z = [yi + sg * si for yi, si in zip(y, self.interp([2 * a - b for a, b in zip(ut, u)]))]
             z[3] = z[3] + sg * self.s0
             pm, pf = self.prox_j([zi / sg for zi in z[:3]], z[3] / sg, 1 / sg)
-            y = [z[0] - sg * pm[0], z[1] - sg * pm[1], z[2] - sg * pm[2], z[3] - sg * pf]
-            unew = self.project([ui - ta * si for ui, si in zip(u, self.interp_t(y))])
-            diff = [a - b for a, b in zip(unew, u)]
-            change = np.sqrt(sum((d * d).sum() for d in diff) / sum((x * x).sum() for x in unew))
-            ubar = [a + d for a, d in zip(unew, diff)]
-            u = unew
-            if change < tol:
-                break
+            yt = [z[0] - sg * pm[0], z[1] - sg * pm[1], z[2] - sg * pm[2], z[3] - sg * pf]
+            u = [b + rho * (a - b) for a, b in zip(ut, u)]
+            y = [b + rho * (a - b) for a, b in zip(yt, y)]
+            if k % 10 == 0:
+                diff = [a - b for a, b in zip(u, u_check)]
+                change = np.sqrt(sum((d * d).sum() for d in diff) / sum((x * x).sum() for x in u)) / 10
+                u_check = u
+                if change < tol:
+                    break
         return u, k
 
 
@@ -198,7 +207,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--iters", type=int, default=None, help="iterations timed (default 1000 cuda, 100 cpu)")
     parser.add_argument("--ref-iters", type=int, default=20, help="iterations of the NumPy reference")
-    parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1, like the single-threaded NumPy reference)"
     )
@@ -208,7 +217,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     iters = args.iters or (1000 if device.type == "cuda" else 100)
     f0, f1 = make_inputs(args.size)
-    tau = DEFAULT_STEP * 0.5 * (f0.mean() + f1.mean())
+    tau = DEFAULT_STEP * 0.5 * (f0.mean() + f1.mean()) * max(f0.shape[-2:])
 
     run_ours(f0, f1, args.steps, tau, 5, device)  # warm-up (kernels, FFT plans)
     res, t_ours = _timed(lambda: run_ours(f0, f1, args.steps, tau, iters, device), device)
@@ -232,7 +241,7 @@ def main() -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}; NumPy reference on CPU")
     print(
         f"problem: {args.size}x{args.size}x3, {args.steps} time steps ({n_cells} cells), float32, constrained, "
-        f"periodic colour; tol {args.tol:g} on the relative change"
+        f"periodic colour; tol {args.tol:g} on the mean relative change per iteration (10-iteration windows)"
     )
     rows = [
         [

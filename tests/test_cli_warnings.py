@@ -16,7 +16,12 @@ from fusion.pipeline import convergence_warnings_as_lines, run_cli
 
 def _unconverged(method: str) -> None:
     res = SolverResult(
-        torch.zeros(1), 4, torch.zeros(5, 1), torch.tensor([False]), criterion="relative residual", tol=1e-6,
+        torch.zeros(1),
+        4,
+        torch.zeros(5, 1),
+        torch.tensor([False]),
+        criterion="relative residual",
+        tol=1e-6,
         reached=torch.tensor([0.25]),
     )
     warn_unconverged(res, method)

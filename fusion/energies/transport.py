@@ -61,21 +61,31 @@ def cubic_largest_root(
         newton_steps: Newton steps from the upper bound.
 
     Returns:
-        The root ``f``, shape of ``f_tilde``.
+        The root ``f``, shape of ``f_tilde``. Differentiable in ``f_tilde``, ``m_sq`` and ``gamma``: the first
+        ``newton_steps − 1`` steps run without autograd and only the last one is recorded, so the gradient is the
+        implicit derivative ``∂f/∂(f̃, |m̃|², γ) = −∂_θ p / p'(f)`` at the root (no ``c^{1/3}`` at ``c = 0`` on the
+        graph, no growth with ``newton_steps``).
 
     Example:
         >>> cubic_largest_root(torch.tensor([1.0, -3.0]), torch.tensor([0.0, 0.0]), 1.0)
         tensor([ 1., -1.])
     """
+    if newton_steps < 1:
+        raise ValueError(f"newton_steps must be >= 1, got {newton_steps}")
     d = f_tilde + gamma
     c = 0.5 * gamma * m_sq
     tiny = torch.finfo(d.dtype).tiny
-    c3 = c.pow(1 / 3)
-    above = d + torch.minimum(c3, c / (d * d).clamp_min(tiny))
-    below = torch.minimum(c3, (c / (-d).clamp_min(tiny)).sqrt())
-    x = torch.where(d >= 0, above, below)
-    for _ in range(newton_steps):
-        x = x - (x * x * (x - d) - c) / (x * (3 * x - 2 * d)).clamp_min(tiny)
+    with torch.no_grad():
+        d0, c0 = d.detach(), c.detach()
+        c3 = c0.pow(1 / 3)
+        above = d0 + torch.minimum(c3, c0 / (d0 * d0).clamp_min(tiny))
+        below = torch.minimum(c3, (c0 / (-d0).clamp_min(tiny)).sqrt())
+        x = torch.where(d0 >= 0, above, below)
+        for _ in range(newton_steps - 1):
+            x = x - (x * x * (x - d0) - c0) / (x * (3 * x - 2 * d0)).clamp_min(tiny)
+    # The last Newton step is taken on the graph: at a converged x its derivative is the implicit one,
+    # dx/d(d, c) = (x², 1)/q'(x), so autograd sees the root, not the unrolled Newton iteration.
+    x = x - (x * x * (x - d) - c) / (x * (3 * x - 2 * d)).clamp_min(tiny)
     return x - gamma
 
 

@@ -12,6 +12,23 @@ periodic colour conditions along the circle R → G → B → R, so red turns in
 Units: the longer image side has length 1, the colour circle length 1, time runs over [0, 1]. The cost is
 ``Σ J · cell volume``; for a density of total mass ``M`` (``Σ f · h²``, summed over colour with weight ``1/C``)
 translated by ``s`` it tends to ``M|s|²/2``.
+
+Convergence: the primal–dual method converges slowly (sublinearly). A sample has converged when, at a check
+(every 10 iterations), the mean relative change of its iterate per iteration since the previous check is below
+``tol`` and, in the constrained model, so is the relative residual ``‖Au − b‖/‖b‖`` of the continuity equation
+(see :func:`fusion.optim.ot_primal_dual.ot_primal_dual`); the penalised model violates the continuity equation
+on purpose, so only the change is tested there. Each sample stops on its own (the result of a sample never
+depends on the rest of its batch); a sample that reaches ``max_iter`` first is reported by one
+:class:`fusion.ConvergenceWarning`. Measured on photographs the frames are then within about ``300 · tol``
+(relative) of the discrete minimiser.
+
+Gradients: every function here is differentiable in its image inputs by unrolling the iterations (autograd
+records each of them; the cubic root of the prox is differentiated implicitly, through its last Newton step).
+Memory grows linearly with the iterations: autograd keeps about 40 tensors of the size of the cell grid
+``(B, P, C, H, W)`` per iteration (measured: 1.8 MB per iteration for a 16×16 RGB image with 8 steps in float64,
+28 MB per iteration at the command-line size, 51×64 RGB with 16 steps in float32), so backpropagating through a
+full run is only practical for small images or a small ``max_iter`` (the gradient is then that of the returned
+iterate, not of the exact minimiser). Inputs that do not require grad build no graph.
 """
 
 from __future__ import annotations
@@ -22,16 +39,26 @@ from typing import Literal
 import torch
 
 from fusion.methods.registry import MethodOutput, register
-from fusion.ops.checks import check_image
+from fusion.ops.checks import check_image, check_max_iter, check_tol
 from fusion.ops.filters import resize
-from fusion.ops.result import SolverResult
+from fusion.ops.result import SolverResult, warn_unconverged
 from fusion.ops.staggered import StaggeredGrid, full_density, interpolate
-from fusion.optim.ot_primal_dual import ot_primal_dual
+from fusion.optim.ot_primal_dual import DEFAULT_RELAXATION, ot_primal_dual
 
 #: Default penalty of the penalised model, relative to the mean density: ``λ = DEFAULT_LAMBDA / mean(f)``.
 DEFAULT_LAMBDA = 10.0
-#: Default primal step, relative to the mean density: ``τ = DEFAULT_STEP · mean(f)``, ``σ = 0.99/τ``.
-DEFAULT_STEP = 10.0
+#: Default primal step of the constrained model, relative to the mean density and the grid:
+#: ``τ = DEFAULT_STEP · mean(f) · max(H, W)``, ``σ = 0.99/τ``. Measured on photograph pairs (24 to 64 pixels, 8 to
+#: 16 time steps): the best step grows with the image side and hardly depends on the number of time steps; 1.25 is
+#: near the best at every size tried.
+DEFAULT_STEP = 1.25
+#: Default primal step of the penalised model, relative to the mean density: ``τ = DEFAULT_STEP_PENALIZED ·
+#: mean(f)`` (with the default ``λ``, ``τλ = 100``). Measured on the same pairs: larger steps slow it down (at 64
+#: pixels, 20 instead of 10 needs about twice the iterations), and the best step does not grow with the size.
+DEFAULT_STEP_PENALIZED = 10.0
+#: Default iteration cap and tolerance (see the module docstring for what is tested).
+DEFAULT_MAX_ITER = 5000
+DEFAULT_TOL = 1e-5
 #: Relative difference of total mass above which the constrained model rejects its inputs.
 MASS_RTOL = 1e-3
 
@@ -55,7 +82,7 @@ class OTResult:
     momentum: torch.Tensor
 
 
-def _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau):
+def _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau, relaxation):
     f0 = check_image(f0, "f0")
     f1 = check_image(f1, "f1")
     if f0.shape[1:] != f1.shape[1:]:
@@ -84,10 +111,10 @@ def _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau):
         raise ValueError(f"lam must be a positive number or None, got {lam!r}")
     if tau is not None and not (isinstance(tau, (int, float)) and tau > 0):
         raise ValueError(f"tau must be a positive number or None, got {tau!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be > 0, got {tol!r}")
+    check_max_iter(max_iter, "max_iter")
+    check_tol(tol, "tol")
+    if isinstance(relaxation, bool) or not isinstance(relaxation, (int, float)) or not 0 < relaxation < 2:
+        raise ValueError(f"relaxation must be a number in (0, 2), got {relaxation!r}")
     m0, m1 = f0.flatten(1).sum(1), f1.flatten(1).sum(1)
     if model == "constrained":
         rel = ((m0 - m1).abs() / torch.maximum(m0, m1)).max().item()
@@ -107,9 +134,10 @@ def ot_interpolate(
     model: Literal["constrained", "penalized"] = "constrained",
     color_bc: Literal["periodic", "mirror"] = "periodic",
     lam: float | None = None,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
     tau: float | None = None,
+    relaxation: float = DEFAULT_RELAXATION,
 ) -> OTResult:
     """Displacement interpolation between two images by dynamic optimal transport (Fitschen et al., §3–4).
 
@@ -125,30 +153,50 @@ def ot_interpolate(
         color_bc: ``"periodic"`` (R → G → B → R, the paper's model) or ``"mirror"`` (no flux across B|R).
         lam: penalty ``λ > 0`` of the penalised model; ``None`` takes ``10 / mean density`` per sample, which makes
             the result invariant to scaling both images (the cost is 1-homogeneous in the densities).
-        max_iter: iteration cap.
-        tol: relative-change tolerance of the iterates.
-        tau: primal step relative to the mean density (``τ = tau · mean f``, ``σ = 0.99/τ``); ``None``: 10.
+        max_iter: iteration cap (an integer ``>= 1``).
+        tol: tolerance of the stopping test (module docstring): the mean relative change of the iterate per
+            iteration over the last check interval and, constrained, the relative constraint residual.
+        tau: primal step ``τ = tau · mean f · max(H, W)`` (constrained) or ``τ = tau · mean f`` (penalised), per
+            sample, with ``σ = 0.99/τ``; ``None``: :data:`DEFAULT_STEP` or :data:`DEFAULT_STEP_PENALIZED`.
+            Concentrated mass that moves far (a small bump crossing the image) converges faster with a smaller
+            step (0.3 instead of 1.25 for a 32×32 bump moving by 0.3: 1110 instead of 3400 iterations).
+        relaxation: over-relaxation ``ρ ∈ (0, 2)`` of the primal–dual iteration (1: plain Chambolle–Pock).
 
     Returns:
-        :class:`OTResult`.
+        :class:`OTResult`; ``solver.converged`` ``(B,)`` says which samples met ``tol``, ``solver.reached`` their
+        final criterion, ``solver.info["iterations"]`` ``(B,)`` where each stopped.
+
+    Warns:
+        fusion.ConvergenceWarning: some sample stopped at ``max_iter`` before meeting ``tol`` (one warning naming
+            the samples, the iterations, the criterion's values and ``tol``).
 
     Raises:
         ValueError: negative or zero-mass inputs, shapes that differ, unequal total mass in the constrained model
-            (relative difference above ``1e-3``), bad parameters.
+            (relative difference above ``1e-3``), bad parameters (``max_iter < 1`` or not an integer, ``tol <= 0``,
+            ``tau <= 0``, ``relaxation`` outside ``(0, 2)``, ...).
+
+    Differentiable in ``f0`` and ``f1`` (frames, momentum and cost) by unrolling; see the module docstring for
+    the memory this takes.
 
     Example:
         >>> f0 = torch.ones(1, 1, 8, 8); f0[..., :4] = 3.0
-        >>> r = ot_interpolate(f0, f0.flip(-1), steps=4, max_iter=50)
-        >>> r.frames.shape, bool(torch.allclose(r.frames[0], f0))
-        (torch.Size([5, 1, 1, 8, 8]), True)
+        >>> r = ot_interpolate(f0, f0.flip(-1), steps=4, tol=1e-4)
+        >>> r.frames.shape, bool(torch.allclose(r.frames[0], f0)), bool(r.solver.converged)
+        (torch.Size([5, 1, 1, 8, 8]), True, True)
     """
-    f0, f1 = _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau)
+    f0, f1 = _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau, relaxation)
     batch, c, h, w = f0.shape
     grid = StaggeredGrid(steps, c, h, w, color_bc)
     mean = 0.5 * (f0.flatten(1).mean(1) + f1.flatten(1).mean(1))
-    step = (DEFAULT_STEP if tau is None else tau) * mean
+    if model == "constrained":
+        step = (DEFAULT_STEP if tau is None else tau) * mean * max(h, w)
+    else:
+        step = (DEFAULT_STEP_PENALIZED if tau is None else tau) * mean
     lam_t = DEFAULT_LAMBDA / mean if lam is None else torch.full_like(mean, float(lam))
-    result = ot_primal_dual(f0, f1, grid, model=model, lam=lam_t, tau=step, max_iter=max_iter, tol=tol)
+    result = ot_primal_dual(
+        f0, f1, grid, model=model, lam=lam_t, tau=step, relaxation=relaxation, max_iter=max_iter, tol=tol
+    )
+    warn_unconverged(result, f"ot ({model})")
     u = result.solution
     frames = full_density(u.f, f0, f1).transpose(0, 1).contiguous()
     v = interpolate(u, grid)
@@ -174,8 +222,9 @@ def ot(
     model: Literal["constrained", "penalized"] = "constrained",
     color_bc: Literal["periodic", "mirror"] = "periodic",
     lam: float | None = None,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    tau: float | None = None,
     size: int | None = 64,
     floor: float = 1e-3,
     normalize: bool = True,
@@ -186,7 +235,10 @@ def ot(
     size; OT is expensive: ``steps × C × H × W`` unknowns per iteration), ``floor`` is added so that black
     pixels carry a little mass, and with ``normalize`` (and the constrained model) both are scaled to their mean
     mass; the frames are scaled back by the linear mass profile ``(1−t)M₀ + tM₁`` and the floor removed, so the
-    end frames are the downscaled inputs. The midpoint frame is resized back to the input size.
+    end frames are the downscaled inputs. The midpoint frame is resized back to the input size. ``steps``,
+    ``model``, ``color_bc``, ``lam``, ``max_iter``, ``tol`` and ``tau`` are those of :func:`ot_interpolate` (same
+    defaults, same :class:`fusion.ConvergenceWarning` when a sample stops at ``max_iter``); the adapter is
+    differentiable in ``fg`` and ``bg`` like it (``mask`` is ignored).
 
     Returns:
         :class:`MethodOutput` with ``result`` the ``(B, C, H, W)`` midpoint, ``frames["frames"]`` the
@@ -218,6 +270,7 @@ def ot(
         lam=lam,
         max_iter=max_iter,
         tol=tol,
+        tau=tau,
     )
     t = torch.linspace(0, 1, steps + 1, dtype=fg.dtype, device=fg.device).view(-1, 1)
     back = ((1 - t) / scale0 + t / scale1).view(steps + 1, -1, 1, 1, 1)

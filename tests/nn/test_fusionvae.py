@@ -237,9 +237,7 @@ def test_eval_batch_of_three_equals_three_single_calls(
                 one = net(inputs[i : i + 1], y[i : i + 1])
                 item = slice(i, i + 1)
                 torch.testing.assert_close(whole.likelihood.logits[item], one.likelihood.logits, **tol)
-                torch.testing.assert_close(
-                    whole.likelihood.log_prob(y)[item], one.likelihood.log_prob(y[item]), **tol
-                )
+                torch.testing.assert_close(whole.likelihood.log_prob(y)[item], one.likelihood.log_prob(y[item]), **tol)
                 for kl_whole, kl_one in zip(whole.kl, one.kl):
                     torch.testing.assert_close(kl_whole[item], kl_one, **tol)
                 torch.testing.assert_close(whole.log_q[item], one.log_q, **tol)

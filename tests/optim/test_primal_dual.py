@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,68 @@ def test_huber_tv_prox_elementwise_step(gen):
     assert (res.solution - z)[small].abs().max() < (res.solution - z)[~small].abs().max()
     with pytest.raises(ValueError, match="broadcast"):
         prox_huber_tv(z, step[..., :-1], eta=0.2)
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_chambolle_pock_with_a_non_unit_operator_norm_matches_a_box_constrained_dual(accelerated, gen):
+    """Anisotropic TV denoising min_x ½‖x − z‖² + λ‖∇x‖₁ (K = ∇, ‖K‖² ≤ 8) by Algorithm 1 and the accelerated
+    Algorithm 2, against SciPy's L-BFGS-B on the dual max_{|y| ≤ λ} −½‖z − Kᵀy‖² (then x = z − Kᵀy): the step
+    rule must respect τσL² ≤ 1 for L ≠ 1."""
+    import scipy.optimize as so
+
+    from fusion.ops.diff import div, grad
+
+    z = torch.rand(1, 1, 6, 7, generator=gen, dtype=torch.float64)
+    lam = 0.15
+    tol = 1e-6 if accelerated else 1e-10  # the O(1/N²) rule is slow to a tight gap
+
+    def kt(y):
+        return -div(y, bc="neumann")
+
+    shape = (1, 1, 2, 6, 7)
+
+    def dual(yflat):
+        y = torch.tensor(yflat, dtype=torch.float64).view(shape).requires_grad_(True)
+        val = 0.5 * ((z - kt(y)) ** 2).sum()
+        (g,) = torch.autograd.grad(val, y)
+        return val.item(), g.numpy().ravel()
+
+    valid = np.ones(shape)
+    valid[..., 0, -1, :] = 0
+    valid[..., 1, :, -1] = 0  # the boundary edges carry no dual variable
+    bounds = [(-lam, lam) if m else (0.0, 0.0) for m in valid.ravel()]
+    ref = so.minimize(dual, np.zeros(valid.size), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"maxiter": 20000, "ftol": 1e-16, "gtol": 1e-13})  # fmt: skip
+    x_ref = (z - kt(torch.from_numpy(ref.x).view(shape))).numpy()
+
+    def gap(x, y):
+        primal = 0.5 * ((x - z) ** 2).flatten(1).sum(1) + lam * grad(x, bc="neumann").abs().flatten(1).sum(1)
+        return primal - (0.5 * (z * z).flatten(1).sum(1) - 0.5 * ((z - kt(y)) ** 2).flatten(1).sum(1))
+
+    res = chambolle_pock(
+        lambda x: grad(x, bc="neumann"),
+        kt,
+        lambda x, t: (x + t * z) / (1 + t),
+        lambda y, s: y.clamp(-lam, lam),
+        torch.zeros_like(z),
+        torch.zeros(shape, dtype=torch.float64),
+        op_norm=math.sqrt(8.0),
+        strong_convexity=1.0 if accelerated else 0.0,
+        gap=gap,
+        max_iter=50000,
+        tol=tol,
+    )
+    assert res.all_converged
+    # the primal is 1-strongly convex: ‖x − x*‖² ≤ 2 · gap
+    np.testing.assert_allclose(res.solution.numpy(), x_ref, atol=(2 * tol) ** 0.5 + 1e-7)
+
+
+def test_gap_is_measured_after_the_first_iteration_then_every_check_every(gen):
+    """``check_every``: the stopping quantity is evaluated at the start, after iteration 1 and then at multiples of
+    ``check_every`` (the history repeats the last value in between)."""
+    z = torch.rand(1, 1, 6, 7, generator=gen, dtype=torch.float64)
+    res = prox_huber_tv(z, 0.5, eta=0.2, tol=1e-14, max_iter=12, check_every=5)
+    h = res.history[:, 0]
+    assert res.iterations == 12 and h.shape == (13,)
+    assert h[1] != h[0] and h[2] == h[1] and h[4] == h[1] and h[5] != h[4] and h[6] == h[5] and h[10] != h[9]
+    assert h[12] != h[11]  # and at the last iteration
