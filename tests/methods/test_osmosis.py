@@ -466,6 +466,22 @@ def test_newton_u_batch_samples_are_independent():
     assert bool((e[1:] <= e[:-1] * (1 + 1e-12)).all())
 
 
+def test_newton_u_first_u_block_is_solved_to_one_percent():
+    """The u-block tolerance is clip(ρ, eps, 1e-2), never looser than 1e-2; before the first iteration there is no
+    energy change yet, so the first solve, made for v0 = f^α b^{1−α}, ends with ‖H u − γαf‖ ≤ 1e-2 ‖γαf‖. The
+    residual is ∂_u of the hand-written model (1) at (u, v0), by autograd. A weak fidelity (γ = 0.05) makes CG
+    need a few dozen iterations, so a looser cap would show."""
+    fg, bg, alpha = _fusion_pair(24, 30)
+    gamma = 0.05
+    with pytest.warns(ConvergenceWarning):  # one outer iteration cannot meet the outer tolerance
+        u, _, _ = osmosis_fusion(fg, bg, alpha, metric="newton_u", gamma=gamma, max_iter=1)
+    f, b = 255 * (fg + 1 / 255), 255 * (bg + 1 / 255)
+    um = (255 * (u + 1 / 255)).requires_grad_(True)
+    e = _energy_by_hand(um, f**alpha * b ** (1 - alpha), f, b, alpha, mu=100.0, gamma=gamma, eta=0.5, eps=0.05)
+    (residual,) = torch.autograd.grad(e, um)
+    assert float(residual.norm() / (gamma * alpha * f).norm()) <= 1e-2
+
+
 @pytest.mark.slow
 def test_osmosis_fusion_matches_float32_and_converges():
     fg, bg, _ = _fusion_pair(12, 16)
@@ -586,6 +602,98 @@ def test_osmosis_fusion_reports_the_same_criterion_for_every_metric(metric):
             osmosis_fusion(fg, bg, alpha, metric=metric, **{name: 0})
     with pytest.raises(ValueError, match="tol"):
         osmosis_fusion(fg, bg, alpha, metric=metric, tol=-1.0)
+
+
+def test_reached_of_a_sample_that_stops_at_min_iter_while_the_batch_goes_on():
+    """A sample that meets tol exactly at iteration min_iter stops there; its energy then repeats while the other
+    samples go on (change 0). ``reached`` must still be the change of the iteration at which it stopped, read off
+    the energy history, for that sample as for the others."""
+    fg, bg, mask = _batch_of_three(10, 12, torch.float64)
+    alpha = alpha_map(mask, kind="gaussian", sigma=1.5)
+    kw = dict(metric="curvature", tol=1e-3)
+    _, _, free = osmosis_fusion(fg, bg, alpha, min_iter=0, **kw)
+    first = min(_stop_iterations(free.history))
+    _, _, res = osmosis_fusion(fg, bg, alpha, min_iter=first, **kw)
+    stops = _stop_iterations(res.history)
+    assert res.all_converged and min(stops) == first < max(stops)
+    e = res.history.double()
+    for i, k in enumerate(stops):
+        change = float((e[k, i] - e[k - 1, i]).abs() / e[k, i].abs())
+        assert 0 < change < 1e-3
+        np.testing.assert_allclose(float(res.reached[i]), change, rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["curvature", "identity"])
+def test_prox_trials_are_released_as_the_iteration_goes_on(metric, monkeypatch):
+    """The scalar- and diagonal-step solvers keep the prox results of the current iteration only (to pick the warm
+    start of the next one): the number of prox results still alive stays bounded while the iterations go on, so
+    memory does not grow with the iteration count."""
+    import gc
+    import weakref
+
+    import fusion.methods.osmosis as module
+
+    kept, alive = [], []
+    prox = module.prox_huber_tv
+
+    def spy(*args, **kw):
+        if len(alive) % 10 == 9:
+            gc.collect()  # reference cycles aside, tensors go when their last reference does
+        alive.append(sum(ref() is not None for ref in kept))
+        res = prox(*args, **kw)
+        kept.extend((weakref.ref(res.solution), weakref.ref(res.info["dual"])))
+        return res
+
+    monkeypatch.setattr(module, "prox_huber_tv", spy)
+    fg, bg, alpha = _fusion_pair(10, 12)
+    _, _, res = osmosis_fusion(fg, bg, alpha, metric=metric, min_iter=40, tol=1.0)  # exactly 40 iterations
+    print(f"prox calls {len(alive)}, at most {max(alive)} earlier results alive")
+    assert res.iterations == 40 and res.all_converged and len(alive) >= 40
+    assert max(alive) <= 8
+
+
+def test_prox_warm_start_is_the_dual_of_the_accepted_trial(monkeypatch):
+    """The Huber-TV prox of an iteration starts from the dual of the trial that became the current v. For a single
+    sample that trial is the last one of the previous iteration (backtracking stops at the first accepted trial).
+    In float32 a rejected trial shares many values with the accepted one, so the trial must be recognised as a
+    whole image, not by a few equal pixels; the paper's loose prox tolerance (scalar steps) makes the start matter."""
+    import fusion.methods.osmosis as module
+
+    events = []
+    prox, solver = module.prox_huber_tv, module.ipiano
+
+    def prox_spy(z, step, *, y0, **kw):
+        res = prox(z, step, y0=y0, **kw)
+        events.append(("prox", y0.clone(), res.solution.clone(), res.info["dual"].clone()))
+        return res
+
+    def ipiano_spy(*args, metric, **kw):
+        def watched(u, v):
+            events.append(("iteration", v.clone()))
+            return metric(u, v)
+
+        return solver(*args, metric=watched, **kw)
+
+    monkeypatch.setattr(module, "prox_huber_tv", prox_spy)
+    monkeypatch.setattr(module, "ipiano", ipiano_spy)
+    fg, bg, mask = _batch_of_three(10, 12, torch.float32)
+    alpha = alpha_map(mask[:1], kind="gaussian", sigma=1.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        osmosis_fusion(fg[:1], bg[:1], alpha, metric="identity", max_iter=150, tol=1e-7)
+    iterations, current = [], None
+    for event in events:
+        if event[0] == "iteration":
+            current = (event[1], [])
+            iterations.append(current)
+        else:
+            current[1].append(event[1:])
+    assert len(iterations) > 100 and max(len(trials) for _, trials in iterations) > 1  # it did backtrack
+    for (_, before), (v, trials) in zip(iterations, iterations[1:]):
+        _, accepted, dual = before[-1]
+        assert torch.equal(v, accepted)
+        for y0, _, _ in trials:
+            assert torch.equal(y0, dual)
 
 
 def _lbfgs_minimiser(fg, bg, alpha, u0, *, mu=100.0, gamma=1.0, eta=0.5, eps=0.05, offset=1 / 255, scale=255.0):
@@ -737,6 +845,42 @@ def test_osmosis_fusion_gradcheck_on_a_photo_crop(metric, init, weights):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # tol 1e-15 sits at the rounding level of E
         assert torch.autograd.gradcheck(fused, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+def test_implicit_gradient_preconditioner_is_a_positive_bound_of_the_hessian_diagonal(monkeypatch):
+    """The adjoint CG of the implicit gradient is preconditioned by the exact diagonal of the u-block and an upper
+    bound of the diagonal of the v-block (curvature bound plus the largest curvature 4η/ε of the Huber TV). Both
+    are compared with the diagonal of the Hessian of the hand-written model (1) (autograd) at the minimiser. The
+    gradient itself would not show a wrong preconditioner: CG checks the true residual, so only its cost and its
+    robustness (conjugate gradients need a positive preconditioner) are at stake."""
+    import fusion.methods.osmosis as module
+
+    seen = {}
+    solve = module.implicit_minimiser
+
+    def spy(energy, blocks, inputs, *, precondition, **kw):
+        seen["blocks"], seen["precondition"] = [x.detach() for x in blocks], precondition
+        return solve(energy, blocks, inputs, precondition=precondition, **kw)
+
+    monkeypatch.setattr(module, "implicit_minimiser", spy)
+    h, w = 6, 7
+    fg = _photo("astronaut", h, w).requires_grad_(True)
+    bg = _photo("coffee", h, w)
+    alpha = alpha_map(_box_mask(h, w), kind="gaussian", sigma=1.0)
+    mu, eta, eps = 10.0, 0.5, 0.05  # a weak v-fidelity: the Huber curvature is of the order of µ
+    osmosis_fusion(fg, bg, alpha, mu=mu, eta=eta, epsilon=eps, tol=1e-12)
+    u, v = seen["blocks"]
+    inv_u, inv_v = seen["precondition"]([torch.ones_like(u), torch.ones_like(v)])
+    f, b = 255 * (fg.detach() + 1 / 255), 255 * (bg + 1 / 255)
+    n = u.numel()
+
+    def energy(x):
+        return _energy_by_hand(x[:n].view_as(u), x[n:].view_as(v), f, b, alpha, mu=mu, gamma=1.0, eta=eta, eps=eps)
+
+    diag = torch.autograd.functional.hessian(energy, torch.cat([u.flatten(), v.flatten()])).diagonal()
+    np.testing.assert_allclose((1 / inv_u).flatten().numpy(), diag[:n].numpy(), rtol=1e-9)
+    assert bool((inv_v > 0).all())
+    assert bool((1 / inv_v.flatten() >= diag[n:] * (1 - 1e-12)).all())
 
 
 def test_osmosis_fusion_backward_through_a_loss():
