@@ -19,6 +19,7 @@ from fusion.methods.osmosis import alpha_map, linear_osmosis, osmosis_filter_fus
 from fusion.methods.ot import OTResult, ot_interpolate
 from fusion.methods.poisson import (
     guidance_field,
+    perez_residual,
     place_source,
     poisson_blend,
     poisson_solve_exact,
@@ -62,6 +63,7 @@ __all__ = [
     "place_source",
     "poisson_blend",
     "poisson_solve_exact",
+    "perez_residual",
     "poisson_solve_inertial",
     "register",
 ]

@@ -43,10 +43,12 @@ Convergence. Each iterative function reports a sample that stops before its tole
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Literal
 
 import torch
 
+from fusion import ConvergenceWarning
 from fusion.energies.osmosis import (
     fidelity_energy,
     geometric_blend,
@@ -721,6 +723,7 @@ def _newton_u_ipiano(
     evaluations = torch.zeros(batch, dtype=torch.long, device=dev)
     resets = torch.zeros_like(evaluations)
     rel = torch.ones(batch, dtype=real, device=dev)
+    prox_ok = torch.ones_like(active)  # whether the prox that gave the current v met its tolerance
     cg_iterations, prox_iterations, it = 0, 0, 0
     while it < max_iter and bool(active.any()):
         # u block: the exact minimiser for the current v, each sample to its own tolerance (one solve per sample,
@@ -741,17 +744,17 @@ def _newton_u_ipiano(
         e_v = o0 + eta * huber_tv(v, epsilon) if eta > 0 else o0  # the v-dependent part of E
         pending = active.clone()
         inertial = torch.full_like(active, beta > 0)
-        candidate, cand_dual = v.clone(), dual.clone()
+        candidate, cand_dual, cand_ok = v.clone(), dual.clone(), prox_ok.clone()
         for _ in range(max_backtracks):
             b_i = torch.where(inertial, beta, 0.0).to(real)
             step = _b(v, step_fraction * 2 * (1 - b_i) / lip) / d_v
             z = v - step * grad_v + _b(v, b_i) * (v - v_prev)
             if eta > 0:
                 prox = prox_huber_tv(z, step, eta=eta, epsilon=epsilon, y0=dual, max_iter=prox_max_iter, tol=prox_tol)
-                trial, trial_dual = prox.solution, prox.info["dual"]
+                trial, trial_dual, trial_ok = prox.solution, prox.info["dual"], prox.converged.reshape(-1)
                 prox_iterations += prox.iterations
             else:
-                trial, trial_dual = z, dual
+                trial, trial_dual, trial_ok = z, dual, torch.ones_like(active)
             evaluations += pending.to(evaluations.dtype)
             d = trial - v
             lhs = smooth(u, trial)
@@ -765,6 +768,7 @@ def _newton_u_ipiano(
             accept = pending & ok & lower
             candidate = torch.where(_b(v, accept), trial, candidate)
             cand_dual = torch.where(_b(dual, accept), trial_dual, cand_dual)
+            cand_ok = torch.where(accept, trial_ok, cand_ok)
             pending &= ~accept
             if not bool(pending.any()):
                 break
@@ -778,6 +782,7 @@ def _newton_u_ipiano(
         v_prev = torch.where(keep, v, v_prev)
         v = torch.where(keep, candidate, v)
         dual = torch.where(_b(dual, moved), cand_dual, dual)
+        prox_ok = torch.where(moved, cand_ok, prox_ok)
         e_new = objective(u, v)
         it += 1
         rel = (e_new - history[-1]).abs() / e_new.abs().clamp_min(torch.finfo(real).tiny)
@@ -796,6 +801,7 @@ def _newton_u_ipiano(
             "inertia_resets": resets,
             "cg_iterations": cg_iterations,
             "prox_iterations": prox_iterations,
+            "prox_converged": prox_ok,
         },
     )
 
@@ -986,11 +992,45 @@ def osmosis_fusion(
     result.criterion, result.tol = ENERGY_CRITERION, float(tol)
     result.reached = _energy_stop(result.history, result.converged, tol, min_iter)
     warn_unconverged(result, f"osmosis_fusion (metric={metric})")
+    result.converged = _check_final_prox(result, f"osmosis_fusion (metric={metric})", prox_max_iter, prox_tol)
     if wants_grad:
         u, v = _attach_implicit_gradient(
             u, v, fg, bg, alpha, batch=batch, eta=eta, mu=mu, gamma=gamma, epsilon=epsilon, offset=offset, scale=scale
         )
     return u / scale - offset, v / scale - offset, result
+
+
+def _check_final_prox(result: SolverResult, method: str, prox_max_iter: int, prox_tol: float) -> torch.Tensor:
+    """``converged`` and-ed with whether the Huber-TV prox that produced the final ``v`` met its tolerance.
+
+    The energy rule alone would accept an iterate whose inner prox stopped at ``prox_max_iter``: with a cap too
+    low for the problem the energy still stops changing, far from the minimiser. Such samples are reported by one
+    :class:`fusion.ConvergenceWarning` and are not ``converged``."""
+    ok = result.info.get("prox_converged")
+    if ok is None:
+        return result.converged
+    ok = ok.reshape(-1).to(result.converged.device)
+    capped = result.converged & ~ok
+    if bool(capped.any()):
+        samples = [int(i) for i in torch.nonzero(capped).flatten()]
+        which = ("sample " if len(samples) == 1 else "samples ") + ", ".join(str(i) for i in samples[:8])
+        batch = ok.numel()
+        warnings.warn(
+            ConvergenceWarning(
+                f"{method} did not converge for {len(samples)} of {batch} sample{'s' if batch > 1 else ''} ({which})"
+                f": the energy stopped changing after {result.iterations} iterations, but the inner Huber-TV prox "
+                f"of the final iterate stopped at prox_max_iter={prox_max_iter} above prox_tol {prox_tol:g}; "
+                "raise prox_max_iter",
+                method=method,
+                samples=samples,
+                batch=batch,
+                iterations=result.iterations,
+                criterion="inner prox reached its tolerance",
+                tol=prox_tol,
+            ),
+            stacklevel=3,
+        )
+    return result.converged & ok
 
 
 def _model_inputs(fg, bg, alpha, *, batch: int, offset: float, scale: float):
@@ -1089,21 +1129,23 @@ def _osmosis_fusion_solve(
     # trials of one iteration all start from it (a sample's later trials, made while others still backtrack, must
     # not leak into its next iteration), and the bookkeeping runs at the start of each iteration (in ``metric``).
     warm: dict[str, object] = {"dual": torch.zeros(*v0.shape[:2], 2, *v0.shape[2:], dtype=v0.dtype, device=v0.device)}
-    trials: list[tuple[torch.Tensor, torch.Tensor]] = []
+    warm["ok"] = torch.ones(v0.shape[0], dtype=torch.bool, device=v0.device)  # the current v's prox met its tol
+    trials: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def prox_v(z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         res = prox_huber_tv(z, step, eta=eta, epsilon=epsilon, y0=warm["dual"], max_iter=prox_max_iter, tol=prox_tol)
-        trials.append((res.solution, res.info["dual"]))
+        trials.append((res.solution, res.info["dual"], res.converged.reshape(-1)))
         return res.solution
 
     def adopt_dual(v: torch.Tensor) -> None:
-        dual = warm["dual"]
+        dual, ok = warm["dual"], warm["ok"]
         found = torch.zeros(v.shape[0], dtype=torch.bool, device=v.device)
-        for solution, trial_dual in trials:
+        for solution, trial_dual, trial_ok in trials:
             same = (solution == v).flatten(1).all(1) & ~found
             dual = torch.where(_b(dual, same), trial_dual, dual)
+            ok = torch.where(same, trial_ok, ok)
             found |= same
-        warm["dual"] = dual
+        warm["dual"], warm["ok"] = dual, ok
         trials.clear()
 
     scaled = metric == "curvature"
@@ -1133,6 +1175,8 @@ def _osmosis_fusion_solve(
         metric=metric_fn,
         descent_test="joint" if scaled else "blocks",
     )
+    adopt_dual(result.solution[1])  # which prox gave the final v, and whether it met its tolerance
+    result.info["prox_converged"] = warm["ok"]
     u, v = result.solution
     return u, v, result
 
@@ -1144,7 +1188,7 @@ def _as_display(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-@register("osmosis", samples="osmosis")
+@register("osmosis", samples="osmosis", options_from=osmosis_fusion)
 def osmosis_cli(
     fg: torch.Tensor,
     bg: torch.Tensor,
