@@ -658,6 +658,31 @@ def test_cli_adapter_penalized_transports_the_images_as_they_are():
     assert torch.allclose(out.curves["convergence"]["cost"][-1], ref.cost[0], rtol=1e-12)
 
 
+def test_cli_adapter_residual_curve_holds_the_last_evaluation():
+    """The residual ‖Au − b‖/‖b‖ is evaluated at iteration 0 and every 10th; the curve holds each value until the
+    next evaluation. Penalised (its residual changes), the values recomputed from runs stopped at 10 and 20."""
+    fg = _photo("astronaut", 60, 150, 6, 7)
+    bg = 0.4 * _photo("coffee", 100, 200, 6, 7)
+    floor, kw = 0.02, dict(steps=3, model="penalized", tol=1e-14)
+    f0, f1 = fg + floor, bg + floor
+    grid = StaggeredGrid(3, 3, 6, 7)
+    b = continuity_rhs(f0, f1, grid)
+
+    def rel_residual(u):
+        return ((continuity(u, grid) - b).norm() / b.norm()).item()
+
+    t = torch.arange(1, 3, dtype=torch.float64).view(1, -1, 1, 1, 1) / 3
+    start = grid.zeros(1, dtype=torch.float64)._replace(f=(1 - t) * f0.unsqueeze(1) + t * f1.unsqueeze(1))
+    expected = [rel_residual(start)]
+    with _quiet():
+        curve = ot(fg, bg, None, size=None, floor=floor, max_iter=25, **kw).curves["convergence"]["constraint residual"]
+        for j in (10, 20, 25):
+            expected.append(rel_residual(ot_interpolate(f0, f1, max_iter=j, **kw).solver.solution))
+    assert len(curve) == 26 and len(set(expected)) == 4
+    for (lo, hi), value in zip([(0, 10), (10, 20), (20, 25), (25, 26)], expected):
+        assert torch.allclose(curve[lo:hi], torch.full((hi - lo,), value, dtype=torch.float64), rtol=1e-10), lo
+
+
 def test_infer_writes_gif_strip_and_plot_with_the_adapters_values(tmp_path):
     from omegaconf import OmegaConf
 
