@@ -10,7 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fusion.pipeline import exit_on_input_error, infer, prepare_run, run_cli
+from fusion.cli import exit_on_input_error, prepare_run, run_cli
+from fusion.pipeline import infer
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fusion.pipeline import exit_on_input_error, prepare_run, run_cli, train
+from fusion.cli import exit_on_input_error, prepare_run, run_cli
+from fusion.pipeline import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 

@@ -25,16 +25,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from fusion.cli import exit_on_input_error
 from fusion.data.io import atomic_output
 from fusion.metrics import bits_per_dim, importance_sampled_nll, mse_min
-from fusion.pipeline import (
-    _instantiate,
-    _run_config_for,
-    check_output_path,
-    exit_on_input_error,
-    load_generator,
-    resolve_device,
-)
+from fusion.pipeline import check_output_path, resolve_device
+from fusion.runs import instantiate, load_network, run_config_for
 
 __all__ = ["evaluate", "format_table", "main"]
 
@@ -51,7 +46,7 @@ def _data_module(run_cfg: Any, data_root: str | None, batch_size: int | None):
     if batch_size is not None:
         node["batch_size"] = batch_size
     node["num_workers"] = 0
-    return _instantiate(OmegaConf.create(node), "data")
+    return instantiate(OmegaConf.create(node), "data")
 
 
 def evaluate(
@@ -84,8 +79,8 @@ def evaluate(
         "samples": int, "mse_samples": int, "model": str}``.
     """
     path = Path(checkpoint)
-    network = load_generator(path, key="network")
-    run_cfg = OmegaConf.load(_run_config_for(path.resolve()))
+    network = load_network(path, key="network")
+    run_cfg = OmegaConf.load(run_config_for(path.resolve()))
     if num_samples is None:
         num_samples = int(OmegaConf.select(run_cfg, "eval_samples", default=100) or 100)
     mse_samples = num_samples if mse_samples is None else mse_samples

@@ -181,17 +181,37 @@ CASES = [
         "method.mixed_precision must be true or false or null, got 'abc'",
     ),
     # ---- infer.py method=gpgan: checkpoints
-    Case("gpgan_without_ckpt", "infer", (*IN, *OUT, "method=gpgan"), "method=gpgan needs ckpt=PATH"),
-    Case("gpgan_missing_ckpt", "infer", (*IN, *OUT, "method=gpgan", "ckpt={dir}/nope.ckpt"), "does not exist"),
-    Case("gpgan_corrupt_ckpt", "infer", (*IN, *OUT, "method=gpgan", "ckpt={corrupt}"), "corrupt or not a checkpoint"),
-    Case("gpgan_pickle_ckpt", "infer", (*IN, *OUT, "method=gpgan", "ckpt={pickle}"), "holds Python objects"),
-    Case("gpgan_ckpt_no_state", "infer", (*IN, *OUT, "method=gpgan", "ckpt={no_state}"), "has no state_dict"),
-    Case("gpgan_vae_ckpt", "infer", (*IN, *OUT, "method=gpgan", "ckpt={vae_ckpt}"), "needs a checkpoint of a GP-GAN"),
-    Case("gpgan_poisoned_config", "infer", (*IN, *OUT, "method=gpgan", "ckpt={poisoned_ckpt}"), "is not allowed"),
+    Case("gpgan_without_ckpt", "infer", (*IN, *OUT, "method=gpgan"), "method=gpgan needs method.ckpt=PATH"),
+    Case("gpgan_missing_ckpt", "infer", (*IN, *OUT, "method=gpgan", "method.ckpt={dir}/nope.ckpt"), "does not exist"),
+    Case(
+        "gpgan_corrupt_ckpt",
+        "infer",
+        (*IN, *OUT, "method=gpgan", "method.ckpt={corrupt}"),
+        "corrupt or not a checkpoint",
+    ),
+    Case("gpgan_pickle_ckpt", "infer", (*IN, *OUT, "method=gpgan", "method.ckpt={pickle}"), "holds Python objects"),
+    Case("gpgan_ckpt_no_state", "infer", (*IN, *OUT, "method=gpgan", "method.ckpt={no_state}"), "has no state_dict"),
+    Case(
+        "gpgan_vae_ckpt",
+        "infer",
+        (*IN, *OUT, "method=gpgan", "method.ckpt={vae_ckpt}"),
+        "needs a checkpoint of a GP-GAN",
+    ),
+    Case(
+        "gpgan_poisoned_config", "infer", (*IN, *OUT, "method=gpgan", "method.ckpt={poisoned_ckpt}"), "is not allowed"
+    ),
     Case(
         "gpgan_levels_too_deep",  # a 5x500 strip blends (with a shallower pyramid), but not 4 levels deep
         "infer",
-        ("fg={thin}", "bg={thin}", "mask={thin_mask}", *OUT, "method=gpgan", "ckpt={gpgan_ckpt}", "method.levels=4"),
+        (
+            "fg={thin}",
+            "bg={thin}",
+            "mask={thin_mask}",
+            *OUT,
+            "method=gpgan",
+            "method.ckpt={gpgan_ckpt}",
+            "method.levels=4",
+        ),
         "levels=4 is too deep for the 5x500 image",
     ),
     # ---- train.py

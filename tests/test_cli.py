@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from fusion.cli import check_overrides, run_cli
 from fusion.data.io import LABEL_HEIGHT, read_image, read_mask, save_side_by_side, write_image
 from fusion.methods import registry
-from fusion.pipeline import SAMPLES_DIR, check_overrides, infer, run_cli
+from fusion.pipeline import SAMPLES_DIR, infer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import fusion
+from fusion.cli import convergence_warnings_as_lines, run_cli
 from fusion.ops.result import SolverResult, warn_unconverged
-from fusion.pipeline import convergence_warnings_as_lines, run_cli
 
 
 def _unconverged(method: str) -> None:

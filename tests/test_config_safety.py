@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fusion.pipeline import check_targets, load_generator
+from fusion.runs import check_targets, load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -62,7 +62,7 @@ def test_load_generator_refuses_a_poisoned_run_config(tmp_path: Path) -> None:
     victim = tmp_path / "created_by_config"
     ckpt = _poisoned_run(tmp_path, victim, "generator")
     with pytest.raises(ValueError, match="model.generator._target_ 'pathlib.Path.touch' is not allowed"):
-        load_generator(ckpt)
+        load_network(ckpt)
     assert not victim.exists()
 
 
@@ -74,7 +74,7 @@ def test_infer_gpgan_with_a_poisoned_run_config(tmp_path: Path) -> None:
     victim = tmp_path / "created_by_config"
     ckpt = _poisoned_run(tmp_path, victim, "generator")
     out = tmp_path / "out.png"
-    proc = _run(str(ROOT / "infer.py"), "method=gpgan", f"ckpt={ckpt}", f"out={out}", "device=cpu", cwd=tmp_path)
+    proc = _run(str(ROOT / "infer.py"), "method=gpgan", f"method.ckpt={ckpt}", f"out={out}", "device=cpu", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "is not allowed" in lines[0], proc.stderr

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fusion.cli import config_summary
 from fusion.methods import available_methods
-from fusion.pipeline import config_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -26,8 +26,12 @@ RANK = {
     "data": 5,
     "models": 6,
     "options": 6,  # checks config values against signatures: plain Python, used by the pipeline
-    "pipeline": 7,
-    "evaluate": 8,  # the evaluation command sits on top of the pipeline
+    "errors": 6,  # the command line's error vocabulary: plain Python
+    "runs": 7,  # run folders, safe config instantiation, checkpoints
+    "infer_files": 7,  # the inputs and outputs of one inference run
+    "cli": 8,  # the command-line contract, on top of runs
+    "pipeline": 8,  # infer and train
+    "evaluate": 9,  # the evaluation command sits on top of the pipeline and the command-line contract
 }
 # What each part may import from inside the package, beyond itself.
 ALLOWED = {part: {other for other, rank in RANK.items() if rank < RANK[part]} for part in RANK}
@@ -40,6 +44,9 @@ FRAMEWORKS = {"lightning", "pytorch_lightning", "hydra", "omegaconf"}
 FRAMEWORK_ALLOWED = {
     "models": FRAMEWORKS,
     "pipeline": FRAMEWORKS,
+    "cli": FRAMEWORKS,
+    "runs": FRAMEWORKS,
+    "infer_files": FRAMEWORKS,
     "evaluate": FRAMEWORKS,
     "data": {"lightning", "pytorch_lightning"},
 }

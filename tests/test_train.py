@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from fusion.data.io import read_image, read_mask
 from fusion.data.transient import write_synthetic_transient
 from fusion.methods.gpgan import gpgan_blend
-from fusion.pipeline import load_generator, train
+from fusion.pipeline import train
+from fusion.runs import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -114,11 +115,11 @@ def test_kill_mid_epoch_and_resume_from_last(resumed_run: dict) -> None:
 def test_checkpoint_blends_in_infer(resumed_run: dict, tmp_path: Path) -> None:
     ckpt = resumed_run["last"]
     out = tmp_path / "result.png"
-    proc = _python("infer.py", "method=gpgan", f"ckpt={ckpt}", f"out={out}", "device=cpu")
+    proc = _python("infer.py", "method=gpgan", f"method.ckpt={ckpt}", f"out={out}", "device=cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.is_file() and (tmp_path / "result_blending_gan.png").is_file()
     # the command line gives what the Python API gives with the generator rebuilt from the run's config
-    generator = load_generator(ckpt)
+    generator = load_network(ckpt)
     assert generator.image_size == 32 and not generator.training
     samples = ROOT / "datasets" / "samples"
     fg, bg, mask = read_image(samples / "fg.png"), read_image(samples / "bg.png"), read_mask(samples / "mask.png")
@@ -135,9 +136,9 @@ def test_infer_rejects_a_corrupt_checkpoint(tmp_path: Path) -> None:
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="corrupt"):
-        load_generator(bad)
+        load_network(bad)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_generator(tmp_path / "missing.ckpt")
+        load_network(tmp_path / "missing.ckpt")
 
 
 @pytest.mark.parametrize(
@@ -240,7 +241,7 @@ def test_bf16_training_and_blending_on_gpu(data_root: Path, tmp_path: Path) -> N
     gpu = ["trainer.accelerator=gpu", "trainer.precision=bf16-mixed", "trainer.max_steps=12"]
     result = train(_compose([*overrides, *gpu]))
     assert result["global_step"] >= 12 and "last_checkpoint" in result
-    generator = load_generator(result["last_checkpoint"]).cuda()
+    generator = load_network(result["last_checkpoint"]).cuda()
     fg = torch.rand(1, 3, 300, 500, device="cuda")
     bg = torch.rand(1, 3, 300, 500, device="cuda")
     mask = torch.zeros(1, 1, 300, 500, device="cuda")

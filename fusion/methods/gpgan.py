@@ -7,9 +7,10 @@ from torch import nn
 
 from fusion.methods.gaussian_poisson import check_levels, default_levels, gaussian_poisson_blend
 from fusion.methods.poisson import _validate
+from fusion.methods.registry import MethodOutput, register
 from fusion.ops.filters import gaussian_pyramid, resize
 
-__all__ = ["blending_gan_color", "gpgan_blend"]
+__all__ = ["blending_gan_color", "gpgan_blend", "gpgan_cli"]
 
 
 def _generator_size(generator: nn.Module, size: int | None) -> int:
@@ -97,10 +98,35 @@ def gpgan_blend(
         >>> gpgan_blend(fg, bg, mask, generator=g).shape
         torch.Size([1, 3, 48, 80])
     """
+    return _gpgan(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels, size=size)[0]
+
+
+def _gpgan(fg, bg, mask, *, generator, beta, sigma, levels, size=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(blend, colour)``: :func:`gpgan_blend` and the Blending GAN's low-resolution colour it was built on."""
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
     fg, bg, mask = _validate(fg, bg, mask)
     if fg.shape[1] != getattr(generator, "in_channels", fg.shape[1]):
         raise ValueError(f"fg has {fg.shape[1]} channels but the generator expects {generator.in_channels}")
     color = blending_gan_color(fg, bg, mask, generator=generator, size=size, levels=levels)
-    return gaussian_poisson_blend(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels)
+    return gaussian_poisson_blend(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels), color
+
+
+@register("gpgan", loads={"ckpt": "generator"})
+def gpgan_cli(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    generator: nn.Module,
+    beta: float = 1.0,
+    sigma: float = 0.5,
+    levels: int | None = None,
+) -> MethodOutput:
+    """Command-line adapter (``infer.py method=gpgan method.ckpt=PATH``): :func:`gpgan_blend` with the generator
+    the command line rebuilt from the checkpoint's run (its registry entry declares ``ckpt`` → ``generator``).
+
+    Extras: the Blending GAN's own low-resolution blend, ``blending_gan``.
+    """
+    result, color = _gpgan(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels)
+    return MethodOutput(result=result, images={"blending_gan": color.clamp(0, 1)})

@@ -12,7 +12,7 @@ registers a small adapter that builds the :class:`MethodOutput`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -50,6 +50,10 @@ class MethodSpec:
             ``bg.png``, ``mask.png``), used when none is given; ``None`` uses the shared ones.
         options_from: for an adapter that passes ``**options`` on, the function receiving them: its signature
             says which options exist and their types (the command line checks them before the method runs).
+        loads: what the method needs loaded from disk, ``{option: network}``: the option (in the method's yaml) is
+            the path of a checkpoint written by ``train.py``; the command line rebuilds ``model.<network>`` from
+            that run's saved config, loads its weights and passes it to the adapter as the keyword ``network``
+            (GP-GAN: ``{"ckpt": "generator"}``).
     """
 
     name: str
@@ -57,6 +61,7 @@ class MethodSpec:
     needs_mask: bool = True
     samples: str | None = None
     options_from: Callable[..., object] | None = None
+    loads: Mapping[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -68,13 +73,14 @@ def register(
     needs_mask: bool = True,
     samples: str | None = None,
     options_from: Callable[..., object] | None = None,
+    loads: Mapping[str, str] | None = None,
 ) -> Callable[[Method], Method]:
     """Decorator adding ``fn`` to the registry under ``name`` (see :class:`MethodSpec` for the options)."""
 
     def deco(fn: Method) -> Method:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"method name {name!r} is registered twice")
-        _REGISTRY[name] = MethodSpec(name, fn, needs_mask, samples, options_from)
+        _REGISTRY[name] = MethodSpec(name, fn, needs_mask, samples, options_from, dict(loads or {}))
         return fn
 
     return deco
