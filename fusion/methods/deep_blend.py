@@ -72,7 +72,14 @@ from fusion.nn.losses import (
     sorted_features,
 )
 from fusion.nn.vgg import VGG16_LAYERS, VGG16Features
-from fusion.ops.checks import check_batch, check_image, check_mask, check_max_iter, check_same_size, check_tol
+from fusion.ops.checks import (
+    check_batch,
+    check_blend_inputs,
+    check_image,
+    check_max_iter,
+    check_same_size,
+    check_tol,
+)
 from fusion.ops.result import SolverResult, warn_unconverged
 from fusion.optim.lbfgs import criterion, lbfgs
 
@@ -137,7 +144,8 @@ def _stage(value: StageConfig | Mapping[str, Any] | None, defaults: StageConfig,
     return replace(cfg, **{term: float(getattr(cfg, term)) for term in TERMS})
 
 
-def _validate(fg, bg, mask, offset):
+def _check_inputs(fg, bg, mask) -> None:
+    """Check the inputs of :func:`deep_blend_solve` before the source is placed on the background (no side effects)."""
     check_image(fg, "fg")
     check_image(bg, "bg")
     check_image(mask, "mask", channels=1)
@@ -156,12 +164,6 @@ def _validate(fg, bg, mask, offset):
         raise ValueError(f"fg ({fh}x{fw}) is larger than bg ({bh}x{bw}); fg must fit inside bg")
     if bool((mask < 0).any()) or bool((mask > 1).any()):
         raise ValueError(f"mask values must lie in [0, 1], got range [{mask.min().item():g}, {mask.max().item():g}]")
-    if offset is not None or (fh, fw) != (bh, bw):
-        fg, mask = place_source(fg, mask, bg, offset)
-    check_mask(mask)
-    batch = check_batch(fg=fg, bg=bg, mask=mask)
-    c = fg.shape[1]
-    return fg.expand(batch, c, -1, -1), bg.expand(batch, c, -1, -1), mask.to(fg.dtype).expand(batch, 1, -1, -1)
 
 
 def _features(vgg_weights, layers: Sequence[str]) -> VGG16Features:
@@ -333,7 +335,10 @@ def deep_blend_solve(
     """
     _refuse_grad(fg=fg, bg=bg, mask=mask, init=init)
     fg, bg, mask, init = (t.detach() if isinstance(t, torch.Tensor) else t for t in (fg, bg, mask, init))
-    fg, bg, mask = _validate(fg, bg, mask, offset)
+    _check_inputs(fg, bg, mask)
+    if offset is not None or fg.shape[-2:] != bg.shape[-2:]:
+        fg, mask = place_source(fg, mask, bg, offset)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     cfg1 = _stage(stage1, STAGE1_DEFAULTS, "stage1")
     cfg2 = _stage(stage2, STAGE2_DEFAULTS, "stage2")
     if content_layer not in VGG16_LAYERS:

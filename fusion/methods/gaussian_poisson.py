@@ -6,9 +6,8 @@ import math
 
 import torch
 
-from fusion.methods.poisson import _validate
 from fusion.methods.registry import register
-from fusion.ops.checks import check_image
+from fusion.ops.checks import check_blend_inputs, check_image
 from fusion.ops.diff import div, grad
 from fusion.ops.filters import gaussian_dct_symbol, gaussian_pyramid, pyramid_sizes, resize
 from fusion.ops.poisson import laplacian_symbol
@@ -142,7 +141,7 @@ def gaussian_poisson_blend(
         >>> gaussian_poisson_blend(fg, bg, mask).shape
         torch.Size([1, 3, 48, 80])
     """
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if not sigma > 0:

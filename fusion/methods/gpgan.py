@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from fusion.methods.gaussian_poisson import check_levels, default_levels, gaussian_poisson_blend
-from fusion.methods.poisson import _validate
 from fusion.methods.registry import MethodOutput, register
+from fusion.ops.checks import check_blend_inputs
 from fusion.ops.filters import gaussian_pyramid, resize
 
 __all__ = ["blending_gan_color", "gpgan_blend", "gpgan_cli"]
@@ -105,7 +105,7 @@ def _gpgan(fg, bg, mask, *, generator, beta, sigma, levels, size=None) -> tuple[
     """``(blend, colour)``: :func:`gpgan_blend` and the Blending GAN's low-resolution colour it was built on."""
     if not isinstance(generator, nn.Module):
         raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     if fg.shape[1] != getattr(generator, "in_channels", fg.shape[1]):
         raise ValueError(f"fg has {fg.shape[1]} channels but the generator expects {generator.in_channels}")
     color = blending_gan_color(fg, bg, mask, generator=generator, size=size, levels=levels)

@@ -62,11 +62,10 @@ from fusion.energies.osmosis import (
 )
 from fusion.methods.registry import MethodOutput, register
 from fusion.metrics import chromaticity_error
-from fusion.ops.cg import conjugate_gradient
+from fusion.ops.cg import bicgstab, conjugate_gradient
 from fusion.ops.checks import check_batch, check_image, check_max_iter, check_same_size, check_tol
 from fusion.ops.filters import gaussian_blur_dct
 from fusion.ops.osmosis import (
-    bicgstab,
     canonical_drift,
     harmonic_edge_weights,
     osmosis_operator,

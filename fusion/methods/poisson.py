@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fusion.energies.poisson import poisson_energy, region_edges
 from fusion.methods.registry import register
 from fusion.ops.cg import relative_residual
-from fusion.ops.checks import check_batch, check_image, check_mask, check_max_iter, check_same_size, check_tol
+from fusion.ops.checks import check_batch, check_blend_inputs, check_image, check_max_iter, check_same_size, check_tol
 from fusion.ops.diff import div, grad, laplacian
 from fusion.ops.masked import (
     BoxGroups,
@@ -109,24 +109,6 @@ PEREZ_CRITERION = "Pérez residual ‖b − A u‖/‖b‖"
 DEFAULT_TOL = 1e-5
 
 
-def _validate(fg, bg, mask):
-    check_image(fg, "fg")
-    check_image(bg, "bg")
-    if fg.shape[1] != bg.shape[1]:
-        raise ValueError(f"fg and bg channel counts differ: {fg.shape[1]} vs {bg.shape[1]}")
-    check_mask(mask)
-    check_same_size(fg=fg, bg=bg, mask=mask)
-    batch = check_batch(fg=fg, bg=bg, mask=mask)
-    if fg.dtype != bg.dtype or fg.device != bg.device:
-        raise TypeError(f"fg and bg must share dtype and device, got {fg.dtype}/{fg.device} and {bg.dtype}/{bg.device}")
-    c = fg.shape[1]
-    return (
-        fg.expand(batch, c, -1, -1),
-        bg.expand(batch, c, -1, -1),
-        mask.to(fg.dtype).expand(batch, 1, -1, -1),
-    )
-
-
 def _check_iterations(max_iter: object, tol: object) -> None:
     check_max_iter(max_iter, "max_iter")
     check_tol(tol, "tol")
@@ -154,7 +136,7 @@ def perez_residual(
         >>> bool(perez_residual(poisson_blend(fg, bg, mask, tol=1e-12), fg, bg, mask) < 1e-12)
         True
     """
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     region, b = _perez_system(fg, bg, mask, mixed)
     return relative_residual(masked_poisson_operator(region), b, u * region)
 
@@ -217,7 +199,7 @@ def poisson_solve_exact(
         >>> res.all_converged, bool(res.reached < 1e-10)
         (True, True)
     """
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     _check_iterations(max_iter, tol)
     return warn_unconverged(_exact(fg, bg, mask, mixed, max_iter, tol, precondition), "poisson (exact)")
 
@@ -357,7 +339,7 @@ def poisson_blend(
     """
     if solver not in ("exact", "spectral", "inertial"):
         raise ValueError(f"solver must be 'exact', 'spectral' or 'inertial', got {solver!r}")
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     _check_iterations(max_iter, tol)
     if solver == "spectral":
         return _spectral(fg, bg, mask, mixed)
@@ -409,7 +391,7 @@ def poisson_solve_inertial(
         >>> res.all_converged, bool(perez_residual(res.solution, fg, bg, mask) <= 1e-8)
         (True, True)
     """
-    fg, bg, mask = _validate(fg, bg, mask)
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
     _check_iterations(max_iter, tol)
     return warn_unconverged(_inertial(fg, bg, mask, mixed, beta, max_iter, tol), "poisson (inertial)")
 

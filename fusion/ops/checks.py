@@ -86,3 +86,31 @@ def check_tol(value: object, name: str = "tol") -> float:
     if not 0 < float(value) < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_blend_inputs(fg: object, bg: object, mask: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the ``(fg, bg, mask)`` of a blending method and return them expanded to one batch size.
+
+    ``fg`` and ``bg`` are ``(B, C, H, W)`` images with the same channels, dtype and device, ``mask`` a
+    ``(B, 1, H, W)`` mask in [0, 1] of the same size (any of them may have batch 1 against a larger batch); the
+    mask is returned in the images' dtype.
+
+    Raises:
+        ValueError: shapes, channels, sizes or batch sizes that do not fit, a mask outside [0, 1].
+        TypeError: not tensors, or fg and bg of different dtype or device.
+    """
+    check_image(fg, "fg")
+    check_image(bg, "bg")
+    if fg.shape[1] != bg.shape[1]:
+        raise ValueError(f"fg and bg channel counts differ: {fg.shape[1]} vs {bg.shape[1]}")
+    check_mask(mask)
+    check_same_size(fg=fg, bg=bg, mask=mask)
+    batch = check_batch(fg=fg, bg=bg, mask=mask)
+    if fg.dtype != bg.dtype or fg.device != bg.device:
+        raise TypeError(f"fg and bg must share dtype and device, got {fg.dtype}/{fg.device} and {bg.dtype}/{bg.device}")
+    c = fg.shape[1]
+    return (
+        fg.expand(batch, c, -1, -1),
+        bg.expand(batch, c, -1, -1),
+        mask.to(fg.dtype).expand(batch, 1, -1, -1),
+    )

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fusion.ops import conjugate_gradient, solve_masked_poisson
+from fusion.ops.cg import CG_CRITERION, bicgstab
 from fusion.ops.masked import BoxGroups, masked_poisson_operator, masked_poisson_preconditioner, region_boxes
 from tests.reference import masked_poisson, perez_system
 
@@ -243,3 +244,26 @@ def test_jacobi_preconditioner_divides_by_the_neighbour_count(gen):
         for j in range(7):
             count[i, j] = sum(0 <= i + di < 6 and 0 <= j + dj < 7 for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)))
     np.testing.assert_allclose(got[0, 0].numpy(), r[0, 0].numpy() * region[0, 0].numpy() / count, atol=1e-15)
+
+
+def test_bicgstab_matches_dense_solve(gen):
+    n = 12
+    a = torch.randn(3, n, n, generator=gen, dtype=torch.float64) + 6 * torch.eye(n, dtype=torch.float64)
+    x_true = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    b = torch.einsum("bij,bj->bi", a, x_true)
+    res = bicgstab(lambda x: torch.einsum("bij,bj->bi", a, x), b, tol=1e-12, max_iter=500)
+    assert res.all_converged
+    torch.testing.assert_close(res.solution, torch.linalg.solve(a, b), atol=1e-9, rtol=0)
+    assert res.history.shape == (res.iterations + 1, 3)
+
+
+def test_bicgstab_reports_its_criterion_and_reached_residual(gen):
+    # a non-symmetric system stopped early: the reported residual is the one recomputed from the returned iterate
+    n = 16
+    a = torch.randn(2, n, n, generator=gen, dtype=torch.float64) + 5 * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    res = bicgstab(lambda x: torch.einsum("bij,bj->bi", a, x), b, tol=1e-14, max_iter=3)
+    direct = (b - torch.einsum("bij,bj->bi", a, res.solution)).norm(dim=1) / b.norm(dim=1)
+    assert res.criterion == CG_CRITERION and res.tol == 1e-14
+    torch.testing.assert_close(res.reached, direct, rtol=1e-8, atol=0)
+    assert not bool(res.converged.any()) and bool((res.reached > 1e-14).all())

@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
+from fusion.ops.cg import bicgstab
 from fusion.ops.osmosis import (
-    bicgstab,
     canonical_drift,
     edge_mean,
     edge_mean_adjoint,
@@ -110,17 +110,6 @@ def test_gradcheck_operators():
     v = (torch.rand(1, 2, 4, 5, generator=g, dtype=torch.float64) + 0.3).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: osmosis_operator(a, canonical_drift(b)), (u, v))
     assert torch.autograd.gradcheck(lambda b: harmonic_edge_weights(b), (v,))
-
-
-def test_bicgstab_matches_dense_solve(gen):
-    n = 12
-    a = torch.randn(3, n, n, generator=gen, dtype=torch.float64) + 6 * torch.eye(n, dtype=torch.float64)
-    x_true = torch.randn(3, n, generator=gen, dtype=torch.float64)
-    b = torch.einsum("bij,bj->bi", a, x_true)
-    res = bicgstab(lambda x: torch.einsum("bij,bj->bi", a, x), b, tol=1e-12, max_iter=500)
-    assert res.all_converged
-    torch.testing.assert_close(res.solution, torch.linalg.solve(a, b), atol=1e-9, rtol=0)
-    assert res.history.shape == (res.iterations + 1, 3)
 
 
 def test_bicgstab_on_osmosis_system_vs_scipy():
