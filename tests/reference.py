@@ -10,10 +10,10 @@ import scipy.sparse.linalg as spl
 NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
-def masked_poisson(rhs: np.ndarray, boundary: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Solve ``|N_p| u_p − Σ_{q ∈ N_p ∩ Ω} u_q = rhs_p + Σ_{q ∈ N_p \\ Ω} boundary_q`` on Ω with SciPy's sparse LU.
+def dirichlet_system(rhs: np.ndarray, boundary: np.ndarray, region: np.ndarray):
+    """The sparse system ``|N_p| u_p − Σ_{q ∈ N_p ∩ Ω} u_q = rhs_p + Σ_{q ∈ N_p \\ Ω} boundary_q`` on Ω: ``(A, b)``.
 
-    ``N_p`` is the in-image 4-neighbourhood; the result equals ``boundary`` off Ω.
+    Row ``k`` is pixel ``p_k`` of Ω (in ``np.argwhere`` order); ``N_p`` is the in-image 4-neighbourhood.
     """
     h, w = region.shape
     index = -np.ones((h, w), dtype=int)
@@ -33,7 +33,12 @@ def masked_poisson(rhs: np.ndarray, boundary: np.ndarray, region: np.ndarray) ->
                 else:
                     b[k] += boundary[y, x]
         rows.append(k), cols.append(k), vals.append(float(degree))
-    a = sp.csc_matrix((vals, (rows, cols)), shape=(len(pts), len(pts)))
+    return sp.csc_matrix((vals, (rows, cols)), shape=(len(pts), len(pts))), b
+
+
+def masked_poisson(rhs: np.ndarray, boundary: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Solve :func:`dirichlet_system` with SciPy's sparse LU; the result equals ``boundary`` off Ω."""
+    a, b = dirichlet_system(rhs, boundary, region)
     out = boundary.copy()
     out[region] = spl.spsolve(a, b)
     return out
@@ -93,26 +98,7 @@ def perez_system(fg: np.ndarray, bg: np.ndarray, region: np.ndarray, mixed: bool
     Row ``k`` is pixel ``p_k`` of Ω (in ``np.argwhere`` order): ``|N_p| u_p − Σ_{q ∈ N_p ∩ Ω} u_q
     = Σ_{q ∈ N_p \\ Ω} bg_q + Σ_{q ∈ N_p} v_pq``, with ``N_p`` the in-image 4-neighbourhood.
     """
-    h, w = region.shape
-    index = -np.ones((h, w), dtype=int)
-    pts = np.argwhere(region)
-    index[region] = np.arange(len(pts))
-    guidance = perez_guidance_sum(fg, bg, mixed)
-    rows, cols, vals = [], [], []
-    b = np.zeros(len(pts))
-    for k, (i, j) in enumerate(pts):
-        b[k] = guidance[i, j]
-        degree = 0
-        for di, dj in NEIGHBOURS:
-            y, x = i + di, j + dj
-            if 0 <= y < h and 0 <= x < w:
-                degree += 1
-                if region[y, x]:
-                    rows.append(k), cols.append(index[y, x]), vals.append(-1.0)
-                else:
-                    b[k] += bg[y, x]
-        rows.append(k), cols.append(k), vals.append(float(degree))
-    return sp.csc_matrix((vals, (rows, cols)), shape=(len(pts), len(pts))), b
+    return dirichlet_system(perez_guidance_sum(fg, bg, mixed), bg, region)
 
 
 def perez_relative_residual(u: np.ndarray, fg: np.ndarray, bg: np.ndarray, region: np.ndarray, mixed=False) -> float:
