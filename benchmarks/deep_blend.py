@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, markdown_table  # noqa: E402
 
 from fusion import ConvergenceWarning  # noqa: E402
-from fusion.methods.deep_blend import DEFAULT_TOL, deep_blend_solve  # noqa: E402
+from fusion.methods.deep_image_blending import DEFAULT_TOL, deep_blend_solve  # noqa: E402
 from fusion.nn.vgg import VGG16Features, default_vgg16_path  # noqa: E402
 
 HEADER = [
@@ -142,12 +142,12 @@ def main() -> None:
         sync(device)
         seconds = time.perf_counter() - start
         reference = vgg_pass_seconds(vgg, bg, amp)
-        per_iter = seconds / max(res.iterations, 1)
-        h1, h2 = res.info["history"]["stage1"][:, 0], res.info["history"]["stage2"][:, 0]
-        run1, run2 = res.info["iterations"]
+        per_iter = seconds / max(res.solver.iterations, 1)
+        h1, h2 = res.stages["stage1"].history[:, 0], res.stages["stage2"].history[:, 0]
+        run1, run2 = res.stage_iterations
         verdicts = [
-            f"{float(solver.reached[0]):.2g}{' ✓' if bool(solver.converged[0]) else ''}"
-            for solver in res.info["solver"].values()
+            f"{float(stage.solver.reached[0]):.2g}{' ✓' if bool(stage.solver.converged[0]) else ''}"
+            for stage in res.stages.values()
         ]
         row = [
             f"{args.size}×{args.size}",

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TrainClock, device_name, markdown_table  # noqa: E402
 
-from fusion.data.fusion_sets import write_synthetic_mnist  # noqa: E402
+from fusion.data.synthetic_layouts import write_synthetic_mnist  # noqa: E402
 
 MNIST_TRAIN = 60_000
 PAPER_EPOCHS = 400

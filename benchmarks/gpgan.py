@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TrainClock, device_name, markdown_table, timeit  # noqa: E402
 
-from fusion.data.transient import TransientAttributesDataModule, write_synthetic_transient  # noqa: E402
+from fusion.data.synthetic_layouts import write_synthetic_transient  # noqa: E402
+from fusion.data.transient import TransientAttributesDataModule  # noqa: E402
 from fusion.methods.gaussian_poisson import gaussian_poisson_blend  # noqa: E402
 from fusion.methods.gpgan import gpgan_blend  # noqa: E402
 from fusion.models.gpgan import BlendingGAN  # noqa: E402

@@ -8,7 +8,7 @@ stopping at a relative energy change of ``tol`` (1e-6) or ``max_iter`` iteration
 editing (``poisson_blend``, exact solver) on the same pair, the linear-time baseline a user would otherwise pick,
 and reports the osmosis time as a multiple of it. It also plots the energy against the iterations.
 
-``--metric`` picks the solver variant of :func:`fusion.methods.osmosis.osmosis_fusion` (same model, same
+``--metric`` picks the solver variant of :func:`fusion.methods.osmosis.osmosis_solve` (same model, same
 minimiser, same stopping rule): ``newton_u`` (the default: exact ``u``-block by preconditioned CG, curvature-metric
 step in ``v``), ``curvature`` (diagonal metric in both blocks) or ``identity`` (the paper's scalar steps);
 ``both`` runs ``curvature`` and ``identity``, ``all`` runs the three, on the same data in one run, one table row
@@ -34,7 +34,7 @@ from skimage import data, transform
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, markdown_table  # noqa: E402
 
-from fusion.methods.osmosis import alpha_map, osmosis_fusion  # noqa: E402
+from fusion.methods.osmosis import alpha_map, osmosis_solve  # noqa: E402
 from fusion.methods.poisson import poisson_blend  # noqa: E402
 from fusion.metrics import chromaticity_error  # noqa: E402
 
@@ -89,7 +89,8 @@ def main() -> None:
     for metric in metrics:
         _sync(device)
         start = time.perf_counter()
-        u, _, res = osmosis_fusion(f, b, alpha, max_iter=args.max_iter, tol=args.tol, metric=metric)
+        out = osmosis_solve(f, b, alpha, max_iter=args.max_iter, tol=args.tol, metric=metric)
+        u, res = out.image, out.solver
         _sync(device)
         runs[metric] = (u, res, time.perf_counter() - start)
 
@@ -107,7 +108,7 @@ def main() -> None:
         status = "converged" if res.all_converged else f"stopped at max_iter (last rel. change {rel_last:.1e})"
         rows.append(
             [
-                f"osmosis_fusion, metric={metric} ({device.type})",
+                f"osmosis_solve, metric={metric} ({device.type})",
                 f"{seconds:.1f}",
                 res.iterations,
                 f"{res.iterations / seconds:.1f}",

@@ -39,7 +39,7 @@ from common import device_name, markdown_table  # noqa: E402
 from fusion import ConvergenceWarning  # noqa: E402
 from fusion.data.io import read_image, read_mask  # noqa: E402
 from fusion.energies.osmosis import geometric_blend, u_block_hessian, variational_osmosis_energy  # noqa: E402
-from fusion.methods.osmosis import alpha_map, osmosis_fusion  # noqa: E402
+from fusion.methods.osmosis import alpha_map, osmosis_solve  # noqa: E402
 from fusion.methods.poisson import poisson_blend  # noqa: E402
 from fusion.methods.registry import get_method  # noqa: E402
 from fusion.metrics import chromaticity_error  # noqa: E402
@@ -74,7 +74,8 @@ def part_samples(args, runs: dict) -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            u, v, res = osmosis_fusion(fg, bg, alpha, metric=metric, init=init, tol=tol, max_iter=20000)
+            out = osmosis_solve(fg, bg, alpha, metric=metric, init=init, tol=tol, max_iter=20000)
+            u, v, res = out.image, out.v, out.solver
         seconds = time.perf_counter() - start
         runs[(metric, init, tol)] = (u, v)
         ratio = ((u + OFFSET) / (v + OFFSET))[0][:, far].mean(1)
@@ -99,7 +100,8 @@ def part_samples(args, runs: dict) -> None:
 def part_smudge(args) -> None:
     """The dark smudge under the shuttle, at the samples' full size (256×320, newton_u, CLI defaults)."""
     fg, bg, alpha = _shared_samples(256, 320)
-    u, v, res = osmosis_fusion(fg, bg, alpha)
+    out = osmosis_solve(fg, bg, alpha)
+    u, v, res = out.image, out.v, out.solver
     rows = torch.arange(256)[:, None].expand(256, 320)
     cols = torch.arange(320)[None, :].expand(256, 320)
     ring = ((alpha > 0.05) & (alpha < 0.6))[0, 0]
@@ -127,7 +129,8 @@ def part_flat(args, runs: dict) -> None:
         if (metric, init, tol) not in runs:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                u, v, _ = osmosis_fusion(fg, bg, alpha, metric=metric, init=init, tol=tol, max_iter=20000)
+                out = osmosis_solve(fg, bg, alpha, metric=metric, init=init, tol=tol, max_iter=20000)
+                u, v = out.image, out.v
             runs[(metric, init, tol)] = (u, v)
     u, v = runs[key_n]
     h, w = v.shape[-2:]
@@ -185,7 +188,8 @@ def part_pixel(args) -> None:
         alpha = alpha_map(mask, kind="gaussian", sigma=5.0)
         far = (alpha < 1e-8)[0, 0]
         for offset in (1 / 255, 10 / 255):
-            u, v, res = osmosis_fusion(fg, bg, alpha, offset=offset)
+            out = osmosis_solve(fg, bg, alpha, offset=offset)
+            u, v, res = out.image, out.v, out.solver
             d = ((u.clamp(0, 1) - bg) * 255)[0][:, far]
             ratio = ((u + offset) / (v + offset))[0][:, far].mean(1)
             rows.append(

@@ -8,7 +8,7 @@ with bright lights, for the night painting), α = a Gaussian-blurred ellipse aro
 matte; σ = 5 px at 563 rows, scaled with the height). Both are cropped to the paper's 800×563 aspect ratio and
 resized.
 
-For each of the 36 settings the script runs :func:`fusion.methods.osmosis.osmosis_fusion` with the chosen solver and
+For each of the 36 settings the script runs :func:`fusion.methods.osmosis.osmosis_solve` with the chosen solver and
 prints one table row: iterations, whether the stopping rule was met, the final energy, the chromaticity error
 (eq. 21) against f where α > 0.5 (how well the foreground's colours survive), the mean change of the background
 |u − b| and the ratio u/b per channel where α < 0.01 (what happens to the background), and TV(v)/TV(f^α b^{1−α})
@@ -42,7 +42,7 @@ from common import device_name, markdown_table  # noqa: E402
 
 from fusion import ConvergenceWarning  # noqa: E402
 from fusion.energies.osmosis import geometric_blend  # noqa: E402
-from fusion.methods.osmosis import alpha_map, osmosis_fusion  # noqa: E402
+from fusion.methods.osmosis import alpha_map, osmosis_solve  # noqa: E402
 from fusion.metrics import chromaticity_error  # noqa: E402
 
 ETAS = (0.0, 0.1, 0.5)
@@ -106,10 +106,11 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            u, v, res = osmosis_fusion(
+            out = osmosis_solve(
                 f, b, alpha, eta=eta, mu=mu, gamma=gamma, init=init, metric=args.metric,
                 max_iter=args.max_iter, tol=args.tol, scale=args.scale,
             )  # fmt: skip
+            u, v, res = out.image, out.v, out.solver
         seconds = time.perf_counter() - start
         images[(init, mu, eta, gamma)] = u
         uc = u.clamp(0, 1)

@@ -25,7 +25,7 @@ from skimage import data
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, markdown_table, timeit  # noqa: E402
 
-from fusion.methods import poisson_blend, poisson_solve_exact  # noqa: E402
+from fusion.methods import poisson_blend, poisson_solve  # noqa: E402
 
 
 def make_inputs(megapixels: float):
@@ -107,7 +107,7 @@ def main() -> None:
 
         t_spec = timeit(lambda: poisson_blend(fg_t, bg_t, mask_t, solver="spectral"), device, args.repeat)
         t_exact = timeit(lambda: poisson_blend(fg_t, bg_t, mask_t, solver="exact", tol=1e-5), device, 1)
-        res = poisson_solve_exact(fg_t, bg_t, mask_t, tol=1e-5)
+        res = poisson_solve(fg_t, bg_t, mask_t, solver="exact", tol=1e-5).solver
         t_cv = timeit(lambda: opencv_clone(fg, bg, mask), torch.device("cpu"), args.repeat)
         ref_cv = opencv_clone(fg, bg, mask).astype(np.float64)
         # agreement of the formulations: ours on the mask OpenCV effectively uses

@@ -113,7 +113,9 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     with torch.no_grad():
         output = spec.fn(fg, bg, mask, **params)
     if not isinstance(output, MethodOutput):
-        output = MethodOutput(result=output)
+        raise TypeError(
+            f"method {spec.name!r} returned {type(output).__name__}; a registered adapter returns a MethodOutput"
+        )
     result = output.result
     if not isinstance(result, torch.Tensor) or result.shape != bg.shape:
         shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
@@ -174,19 +176,29 @@ def _build_loggers(logger_cfg: DictConfig | None, output_dir: Path) -> list[Any]
     return loggers
 
 
-def _layout_hint(cfg: DictConfig, key: str) -> str:
-    """``"; <LAYOUT>"`` when ``key`` belongs to a node whose ``_target_`` class documents a ``LAYOUT`` (a data root)."""
-    parent = key.rpartition(".")[0]
-    node = OmegaConf.select(cfg, parent) if parent else None
+def _layout(node: Any, where: str) -> str | None:
+    """The ``LAYOUT`` string of the class a config node builds, if the node builds one that documents it."""
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
-        return ""
+        return None
     try:
-        check_target(target, parent)
+        check_target(target, where)
         layout = getattr(resolve_class(str(target)), "LAYOUT", None)
     except Exception:
-        return ""
-    return f"; {key}: {layout}" if isinstance(layout, str) else ""
+        return None
+    return layout if isinstance(layout, str) else None
+
+
+def _layout_hint(cfg: DictConfig, key: str) -> str:
+    """``"; <key>: <LAYOUT>"`` when ``key`` belongs to a node whose ``_target_`` class documents a ``LAYOUT`` (a data
+    root), or whose data sets (the nodes it holds that build a class) do."""
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else None
+    layout = _layout(node, parent)
+    if layout is None and isinstance(node, DictConfig):
+        found = [_layout(child, f"{parent}.{name}") for name, child in node.items_ex(resolve=False)]
+        layout = "; ".join(dict.fromkeys(text for text in found if text)) or None
+    return f"; {key}: {layout}" if layout else ""
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

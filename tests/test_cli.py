@@ -301,7 +301,7 @@ def test_pipeline_passes_method_parameters(tmp_path, inputs, monkeypatch) -> Non
 
     def recorder(fg, bg, mask, **params):
         calls.append((fg, bg, mask, params))
-        return mask * fg + (1 - mask) * bg
+        return registry.MethodOutput(result=mask * fg + (1 - mask) * bg)
 
     monkeypatch.setitem(registry._REGISTRY, "recorder_for_tests", registry.MethodSpec("recorder_for_tests", recorder))
     out = tmp_path / "r.png"
@@ -319,13 +319,25 @@ def test_pipeline_passes_method_parameters(tmp_path, inputs, monkeypatch) -> Non
     assert torch.allclose(panel[..., LABEL_HEIGHT:, W + 4 :], read_image(out), atol=1e-6)
 
 
+def test_an_adapter_returning_a_bare_tensor_is_refused(tmp_path, inputs, monkeypatch) -> None:
+    def bare(fg, bg, mask, **params):
+        return mask * fg + (1 - mask) * bg
+
+    monkeypatch.setitem(registry._REGISTRY, "bare_for_tests", registry.MethodSpec("bare_for_tests", bare))
+    out = tmp_path / "r.png"
+    cfg = _cfg([*_path_args(inputs), f"out={out}", "device=cpu", "method.name=bare_for_tests"])
+    with pytest.raises(TypeError, match="'bare_for_tests' returned Tensor; a registered adapter returns"):
+        infer(cfg)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("offset", "origin"), [(None, (4, 8)), ([2, 3], (2, 3))])
 def test_pipeline_places_smaller_fg(tmp_path, inputs, monkeypatch, offset, origin) -> None:
     seen = {}
 
     def recorder(fg, bg, mask, **params):
         seen["mask"] = mask
-        return mask * fg + (1 - mask) * bg
+        return registry.MethodOutput(result=mask * fg + (1 - mask) * bg)
 
     monkeypatch.setitem(registry._REGISTRY, "recorder_for_tests", registry.MethodSpec("recorder_for_tests", recorder))
     small = read_image(inputs["fg"])[..., :16, :16]

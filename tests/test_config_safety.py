@@ -34,7 +34,7 @@ def test_every_shipped_experiment_is_allowed(experiment: str) -> None:
         "builtins.exec",
         "subprocess.run",
         "torch.save",
-        "fusion.data.transient.write_synthetic_transient",  # fusion's, but a function that writes files
+        "fusion.data.synthetic_layouts.write_synthetic_transient",  # fusion's, but a function that writes files
         "fusion.pipeline.train",
         "${oc.env:HOME}",
     ],

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from fusion.methods import (
-    deep_image_blend,
+    deep_blend,
     gaussian_poisson_blend,
     gpgan_blend,
-    linear_osmosis,
-    osmosis_filter_fusion,
-    osmosis_fusion,
+    linear_osmosis_blend,
     ot_interpolate,
     poisson_blend,
 )
+from fusion.methods.linear_osmosis import osmosis_filter
+from fusion.methods.osmosis import osmosis_solve
 from fusion.nn.gpgan import BlendingGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,11 +87,12 @@ def _gp():
 def _osmosis():
     fg, bg, mask = _inputs()
     alpha = (mask.detach() * 0.9 + 0.05).requires_grad_()
-    u, v, _ = osmosis_fusion(fg, bg, alpha, tol=1e-10, max_iter=200)
-    filt = osmosis_filter_fusion(fg, bg, mask.detach(), tau=10.0, steps=2).solution
+    out = osmosis_solve(fg, bg, alpha, tol=1e-10, max_iter=200)
+    u, v = out.image, out.v
+    filt = linear_osmosis_blend(fg, bg, mask.detach(), tau=10.0, steps=2)
     grads = _named_grads((u.square() + v + filt.square()).sum(), {"fg": fg, "bg": bg, "alpha": alpha})
     u0, v0, _ = _inputs()
-    lin = linear_osmosis(u0, v0, tau=10.0, steps=2).solution
+    lin = osmosis_filter(u0, v0, tau=10.0, steps=2).solution
     return {
         **grads,
         **_named_grads((lin.square() * torch.linspace(0, 1, W, dtype=lin.dtype)).sum(), {"u0": u0, "v": v0}),
@@ -100,8 +101,8 @@ def _osmosis():
 
 def _ot():
     fg, bg, _ = _inputs()
-    r = ot_interpolate(fg, bg * fg.sum().detach() / bg.sum().detach(), steps=3, max_iter=30)
-    return _named_grads(r.cost.sum() + r.frames[1].square().sum(), {"f0": fg, "f1": bg})
+    frames = ot_interpolate(fg, bg * fg.sum().detach() / bg.sum().detach(), steps=3, max_iter=30)
+    return _named_grads(frames[1].square().sum() + frames[2].sum(), {"f0": fg, "f1": bg})
 
 
 RUNS = {
@@ -111,13 +112,13 @@ RUNS = {
         **{k + " (inertial)": g for k, g in _poisson("inertial")().items()},
     },
     "`gaussian_poisson_blend`, `gpgan_blend`": _gp,
-    "`osmosis_fusion`, `linear_osmosis`, `osmosis_filter_fusion`": _osmosis,
+    "`osmosis_blend`, `osmosis_filter`, `linear_osmosis_blend`": _osmosis,
     "`ot_interpolate`": _ot,
 }
 
 
 def test_the_table_has_one_row_per_checked_function() -> None:
-    assert set(_table()) == set(RUNS) | {"`deep_image_blend`"}
+    assert set(_table()) == set(RUNS) | {"`deep_blend`"}
 
 
 @pytest.mark.parametrize("row", sorted(RUNS))
@@ -134,9 +135,9 @@ def test_each_row_backpropagates_to_the_inputs_it_names(row: str) -> None:
     assert set(key.split(" ")[0] for key in grads) == set(named), row
 
 
-def test_deep_image_blend_refuses_inputs_that_require_grad() -> None:
-    assert _table()["`deep_image_blend`"] == "nothing"
+def test_deep_blend_refuses_inputs_that_require_grad() -> None:
+    assert _table()["`deep_blend`"] == "nothing"
     fg, bg, mask = _inputs()
     few = {"max_iter": 1}
     with pytest.raises(ValueError, match="not differentiable"):
-        deep_image_blend(fg.float(), bg.float(), mask.float(), vgg_weights="random", stage1=few, stage2=few)
+        deep_blend(fg.float(), bg.float(), mask.float(), vgg_weights="random", stage1=few, stage2=few)

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fusion.data.io import read_image, read_mask
-from fusion.data.transient import write_synthetic_transient
+from fusion.data.synthetic_layouts import write_synthetic_transient
 from fusion.methods.gpgan import gpgan_blend
 from fusion.pipeline import train
 from fusion.runs import load_network

@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fusion.data.fusion_sets import write_synthetic_celeba, write_synthetic_mnist, write_synthetic_tless
 from fusion.data.occluders import cut_occluders
+from fusion.data.synthetic_layouts import write_synthetic_celeba, write_synthetic_mnist, write_synthetic_tless
 from fusion.evaluate import evaluate, format_table
 from fusion.pipeline import train
 
@@ -169,5 +169,10 @@ def test_missing_mnist_root_names_the_layout(tmp_path: Path) -> None:
     cfg = _compose(["experiment=fusionvae_mnist", f"data.root={tmp_path / 'nope'}", f"paths.output_dir={tmp_path}"])
     with pytest.raises(FileNotFoundError, match="idx3-ubyte"):
         train(cfg)
-    with pytest.raises(ValueError, match="data.root"):
+    missing = r"missing required config value\(s\): data.root; set them as KEY=VALUE; data.root: expected the MNIST"
+    with pytest.raises(ValueError, match=missing):
         train(_compose(["experiment=fusionvae_mnist", f"paths.output_dir={tmp_path}"]))
+    tless = _compose(["experiment=fusionvae_tless", f"data.root={tmp_path}", f"paths.output_dir={tmp_path}"])
+    layouts = r"data.occluder_root; .*data.occluder_root: root: expected the T-LESS.*OCCLUDERS"
+    with pytest.raises(ValueError, match=layouts):
+        train(tless)

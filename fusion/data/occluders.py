@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fusion.data.fusion_sets import EVAL_OCCLUDER_CLASSES, TRAIN_OCCLUDER_CLASSES, index_tless
 from fusion.data.io import atomic_output
+from fusion.data.tless import EVAL_OCCLUDER_CLASSES, TRAIN_OCCLUDER_CLASSES, index_tless
 
 __all__ = [
     "OCCLUDER_CLASSES",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -30,16 +30,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fusion.data.samplers import EpochSampler
+
 __all__ = [
     "LAYOUT",
     "TransientAttributesDataModule",
     "TransientPairs",
-    "EpochSampler",
     "central_square_mask",
     "index_webcams",
     "is_complete_image",
     "split_webcams",
-    "write_synthetic_transient",
 ]
 
 #: The expected layout, quoted by every error about a bad root.
@@ -257,36 +257,6 @@ class TransientPairs(Dataset):
         return {"composite": composite, "target": dst, "source": src, "mask": mask.clone()}
 
 
-class EpochSampler(Sampler[int]):
-    """Yields the keys ``epoch·length + i`` of one epoch (shuffled when asked); Lightning calls :meth:`set_epoch`.
-
-    Under ``torch.distributed`` each rank takes every ``world_size``-th key, so ranks see disjoint pairs (run DDP
-    with the trainer's ``use_distributed_sampler=false`` so Lightning does not shard a second time).
-    """
-
-    def __init__(self, length: int, *, shuffle: bool = True, seed: int = 0, follow_epoch: bool = True) -> None:
-        self.length, self.shuffle, self.seed, self.epoch = length, shuffle, seed, 0
-        self.follow_epoch = follow_epoch
-        self.rank, self.world_size = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Move to ``epoch`` (a no-op with ``follow_epoch=False``, for fixed validation pairs)."""
-        if self.follow_epoch:
-            self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        order = np.arange(self.length)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.length)
-        base = self.epoch * self.length
-        return iter([base + int(i) for i in order[self.rank :: self.world_size]])
-
-
 def _index_masks(mask_root: Path, webcams: Sequence[str]) -> dict[str, list[Path]]:
     if not mask_root.is_dir():
         raise FileNotFoundError(
@@ -309,7 +279,7 @@ class TransientAttributesDataModule(L.LightningDataModule):
 
     The root is validated on construction (a missing root or layout part raises ``FileNotFoundError`` naming the
     expected layout). ``val_fraction`` of the webcams (5 %, at least one) are held out; training pairs are redrawn
-    every epoch (:class:`EpochSampler`), validation pairs are fixed (epoch 0, centre crops).
+    every epoch (:class:`~fusion.data.samplers.EpochSampler`), validation pairs are fixed (epoch 0, centre crops).
 
     Args:
         root: dataset root in the published layout.
@@ -389,43 +359,10 @@ class TransientAttributesDataModule(L.LightningDataModule):
         )
 
 
-def write_synthetic_transient(
-    root: str | Path,
-    *,
-    webcams: int = 4,
-    images_per_webcam: int = 5,
-    size: tuple[int, int] = (48, 64),
-    attributes: int = 40,
-    seed: int = 0,
-) -> Path:
-    """Write a tiny synthetic database in the published layout (for tests, smoke runs and benchmarks).
+def __getattr__(name: str):
+    # The writer of a synthetic database in this layout sits with the other layout writers; it is reachable here too.
+    if name == "write_synthetic_transient":
+        from fusion.data.synthetic_layouts import write_synthetic_transient
 
-    Each webcam gets a smooth random scene; its images are that scene under different global illumination and
-    colour casts (like one aligned webcam across times of day and seasons), saved as JPEGs of ``size`` (H, W).
-    ``annotations.tsv`` lists every image with ``attributes`` random ``value,confidence`` pairs.
-    """
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    h, w = size
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    lines = []
-    for c in range(webcams):
-        name = f"{c:08d}"
-        folder = root / IMAGE_DIR / name
-        folder.mkdir(parents=True, exist_ok=True)
-        scene = np.zeros((h, w, 3))
-        for _ in range(4):
-            fy, fx, phase = rng.uniform(0.5, 3, size=2).tolist() + [rng.uniform(0, 2 * np.pi)]
-            scene += rng.uniform(0.05, 0.2, size=3) * np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)[..., None]
-        scene += rng.uniform(0.3, 0.6, size=3)
-        for i in range(images_per_webcam):
-            gain, cast = rng.uniform(0.5, 1.3), rng.uniform(-0.1, 0.1, size=3)
-            image = np.clip(scene * gain + cast + rng.normal(0, 0.01, size=scene.shape), 0, 1)
-            file = f"2014{i:04d}_120000.jpg"
-            Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / file, quality=95)
-            pairs = [f"{rng.uniform():.4f},{rng.uniform():.4f}" for _ in range(attributes)]
-            lines.append("\t".join([f"{name}/{file}", *pairs]))
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    (root.joinpath(*ANNOTATIONS)).write_text("\n".join(lines) + "\n")
-    (root.joinpath(*ATTRIBUTES)).write_text("\n".join(f"attribute_{k:02d}" for k in range(attributes)) + "\n")
-    return root
+        return write_synthetic_transient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,24 +6,40 @@ Importing this package imports every method module in it, so each registers itse
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from fusion.methods.deep_blend import (
+from fusion.methods.contract import MethodResult
+from fusion.methods.deep_image_blending import (
     STAGE1_DEFAULTS,
     STAGE2_DEFAULTS,
+    DeepBlend,
+    DeepBlendResult,
     StageConfig,
+    deep_blend,
     deep_blend_solve,
-    deep_image_blend,
 )
-from fusion.methods.gaussian_poisson import gaussian_poisson_blend, gaussian_poisson_solve
-from fusion.methods.gpgan import blending_gan_color, gpgan_blend
-from fusion.methods.osmosis import alpha_map, linear_osmosis, osmosis_filter_fusion, osmosis_fusion, solve_u_block
-from fusion.methods.ot import OTResult, ot_interpolate
+from fusion.methods.gaussian_poisson import (
+    GaussianPoissonBlend,
+    GaussianPoissonResult,
+    gaussian_poisson_blend,
+    gaussian_poisson_level,
+    gaussian_poisson_solve,
+)
+from fusion.methods.gpgan import GPGANBlend, GPGANResult, blending_gan_color, gpgan_blend, gpgan_solve
+from fusion.methods.linear_osmosis import (
+    LinearOsmosisBlend,
+    linear_osmosis_blend,
+    linear_osmosis_solve,
+    osmosis_filter,
+    solve_u_block,
+)
+from fusion.methods.osmosis import OsmosisBlend, OsmosisResult, alpha_map, osmosis_blend, osmosis_solve
+from fusion.methods.ot import OTInterpolate, OTResult, ot_interpolate, ot_solve
 from fusion.methods.poisson import (
+    PoissonBlend,
     guidance_field,
     perez_residual,
     place_source,
     poisson_blend,
-    poisson_solve_exact,
-    poisson_solve_inertial,
+    poisson_solve,
 )
 from fusion.methods.registry import (
     MethodOutput,
@@ -44,13 +60,26 @@ __all__ = [
     "OTResult",
     "StageConfig",
     "blending_gan_color",
+    "DeepBlend",
+    "DeepBlendResult",
+    "deep_blend",
     "deep_blend_solve",
-    "deep_image_blend",
     "gpgan_blend",
-    "osmosis_filter_fusion",
-    "osmosis_fusion",
+    "gpgan_solve",
+    "GPGANBlend",
+    "GPGANResult",
+    "LinearOsmosisBlend",
+    "OsmosisBlend",
+    "OsmosisResult",
+    "linear_osmosis_blend",
+    "linear_osmosis_solve",
+    "osmosis_blend",
+    "osmosis_filter",
+    "osmosis_solve",
     "solve_u_block",
     "ot_interpolate",
+    "ot_solve",
+    "OTInterpolate",
     "MethodSpec",
     "alpha_map",
     "available_methods",
@@ -58,12 +87,15 @@ __all__ = [
     "gaussian_poisson_solve",
     "get_method",
     "guidance_field",
-    "linear_osmosis",
     "method_spec",
     "place_source",
     "poisson_blend",
-    "poisson_solve_exact",
+    "poisson_solve",
     "perez_residual",
-    "poisson_solve_inertial",
+    "PoissonBlend",
+    "MethodResult",
+    "GaussianPoissonBlend",
+    "GaussianPoissonResult",
+    "gaussian_poisson_level",
     "register",
 ]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from fusion.methods.registry import register
+from fusion.methods.contract import MethodResult
+from fusion.methods.registry import MethodOutput, register
 from fusion.ops.checks import check_blend_inputs, check_image
 from fusion.ops.diff import div, grad
 from fusion.ops.filters import gaussian_dct_symbol, gaussian_pyramid, pyramid_sizes, resize
@@ -17,7 +20,15 @@ from fusion.ops.transforms import dct, idct
 COARSEST_SIDE = 64
 
 
-def gaussian_poisson_solve(
+@dataclass
+class GaussianPoissonResult(MethodResult):
+    """What :func:`gaussian_poisson_solve` returns: ``image`` and, in ``levels``, the solution of eq. (9) at every
+    pyramid level, coarsest first (``levels[-1]`` is ``image``). ``solver`` is ``None``: each level is closed form."""
+
+    levels: list[torch.Tensor] = field(default_factory=list)
+
+
+def gaussian_poisson_level(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor,
@@ -100,7 +111,7 @@ def default_levels(height: int, width: int, *, longest: bool = True) -> int:
     return levels
 
 
-def gaussian_poisson_blend(
+def gaussian_poisson_solve(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor,
@@ -109,14 +120,14 @@ def gaussian_poisson_blend(
     beta: float = 1.0,
     sigma: float = 0.5,
     levels: int | None = None,
-) -> torch.Tensor:
+) -> GaussianPoissonResult:
     """High-resolution blending by the Gaussian–Poisson equation in a pyramid (GP-GAN, Algorithm 1).
 
     Builds pyramids of ``fg``, ``bg`` and ``mask`` (each level keeps the image's aspect ratio), solves eq. (9)
     in closed form at the coarsest level with the colour constraint ``color``, then at each finer level with
     the upsampled previous result as ``x̃_l``.
 
-    Nothing here is iterative: each level is one closed-form DCT solve (:func:`gaussian_poisson_solve`), so
+    Nothing here is iterative: each level is one closed-form DCT solve (:func:`gaussian_poisson_level`), so
     there is no tolerance, no iteration cap and nothing that can stop unconverged. Each sample's result
     depends on that sample's inputs only. Differentiable (a chain of linear operations) with respect to ``fg``,
     ``bg``, the soft ``mask`` (through the blend of the two gradient fields, eq. 8, at every level) and ``color``.
@@ -133,13 +144,15 @@ def gaussian_poisson_blend(
             on its longer side.
 
     Returns:
-        ``(B, C, H, W)`` blended image (not clipped).
+        :class:`GaussianPoissonResult`: ``image`` the ``(B, C, H, W)`` blend (not clipped), ``levels`` the
+        solution at every pyramid level, coarsest first (the last is ``image``); ``solver`` is ``None``.
 
     Example:
         >>> fg, bg = torch.rand(1, 3, 48, 80), torch.rand(1, 3, 48, 80)
         >>> mask = torch.zeros(1, 1, 48, 80); mask[..., 12:36, 20:60] = 1
-        >>> gaussian_poisson_blend(fg, bg, mask).shape
-        torch.Size([1, 3, 48, 80])
+        >>> r = gaussian_poisson_solve(fg, bg, mask, levels=2)
+        >>> r.image.shape, [tuple(x.shape[-2:]) for x in r.levels]
+        (torch.Size([1, 3, 48, 80]), [(24, 40), (48, 80)])
     """
     fg, bg, mask = check_blend_inputs(fg, bg, mask)
     if not beta > 0:
@@ -161,10 +174,73 @@ def gaussian_poisson_blend(
             raise ValueError(f"color batch size {color.shape[0]} does not match {fg.shape[0]}")
         target = resize(color.to(fg.dtype), sizes[-1]).expand(fg.shape[0], -1, -1, -1)
     x = target
+    solved = []
     for level in reversed(range(levels)):
         target = resize(x, sizes[level])
-        x = gaussian_poisson_solve(fgs[level], bgs[level], masks[level], target, beta=beta, sigma=sigma)
-    return x
+        x = gaussian_poisson_level(fgs[level], bgs[level], masks[level], target, beta=beta, sigma=sigma)
+        solved.append(x)
+    return GaussianPoissonResult(x, None, solved)
 
 
-register("gaussian_poisson")(gaussian_poisson_blend)
+def gaussian_poisson_blend(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    color: torch.Tensor | None = None,
+    beta: float = 1.0,
+    sigma: float = 0.5,
+    levels: int | None = None,
+) -> torch.Tensor:
+    """The Gaussian–Poisson pyramid blend: the image of :func:`gaussian_poisson_solve` (same arguments).
+
+    Returns:
+        ``(B, C, H, W)`` blended image (not clipped).
+
+    Example:
+        >>> fg, bg = torch.rand(1, 3, 48, 80), torch.rand(1, 3, 48, 80)
+        >>> mask = torch.zeros(1, 1, 48, 80); mask[..., 12:36, 20:60] = 1
+        >>> gaussian_poisson_blend(fg, bg, mask).shape
+        torch.Size([1, 3, 48, 80])
+    """
+    return gaussian_poisson_solve(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels).image
+
+
+class GaussianPoissonBlend(nn.Module):
+    """:func:`gaussian_poisson_blend` as a layer: ``forward(fg, bg, mask, color=None)`` with the options fixed at
+    construction. A chain of linear operations, differentiable in every input (the soft mask included).
+
+    Example:
+        >>> layer = GaussianPoissonBlend(levels=2)
+        >>> fg, bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+        >>> mask = torch.zeros(2, 1, 32, 32); mask[..., 8:24, 8:24] = 1
+        >>> layer(fg, bg, mask).shape
+        torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, *, beta: float = 1.0, sigma: float = 0.5, levels: int | None = None) -> None:
+        super().__init__()
+        self.options = dict(beta=beta, sigma=sigma, levels=levels)
+
+    def forward(
+        self, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor, color: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return gaussian_poisson_blend(fg, bg, mask, color=color, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+@register("gaussian_poisson")
+def gaussian_poisson_cli(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    sigma: float = 0.5,
+    levels: int | None = None,
+) -> MethodOutput:
+    """Command-line adapter (``infer.py method=gaussian_poisson``): :func:`gaussian_poisson_solve` with the
+    composite as colour (no GAN); no extra outputs."""
+    return MethodOutput(result=gaussian_poisson_solve(fg, bg, mask, beta=beta, sigma=sigma, levels=levels).image)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from fusion.methods.gaussian_poisson import check_levels, default_levels, gaussian_poisson_blend
+from fusion.methods.contract import MethodResult
+from fusion.methods.gaussian_poisson import check_levels, default_levels, gaussian_poisson_solve
 from fusion.methods.registry import MethodOutput, register
 from fusion.ops.checks import check_blend_inputs
 from fusion.ops.filters import gaussian_pyramid, resize
 
-__all__ = ["blending_gan_color", "gpgan_blend", "gpgan_cli"]
+__all__ = ["GPGANBlend", "GPGANResult", "blending_gan_color", "gpgan_blend", "gpgan_cli", "gpgan_solve"]
+
+
+@dataclass
+class GPGANResult(MethodResult):
+    """What :func:`gpgan_solve` returns: ``image`` the blend, ``color`` the Blending GAN's ``(B, C, S, S)``
+    low-resolution blend it was built on, ``levels`` the Gaussian–Poisson solution at every pyramid level
+    (coarsest first). ``solver`` is ``None``: nothing is iterative."""
+
+    color: torch.Tensor | None = None
+    levels: list[torch.Tensor] | None = None
 
 
 def _generator_size(generator: nn.Module, size: int | None) -> int:
@@ -53,7 +66,7 @@ def blending_gan_color(
     return out.to(device=fg.device, dtype=fg.dtype)
 
 
-def gpgan_blend(
+def gpgan_solve(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor,
@@ -63,7 +76,7 @@ def gpgan_blend(
     sigma: float = 0.5,
     levels: int | None = None,
     size: int | None = None,
-) -> torch.Tensor:
+) -> GPGANResult:
     """GP-GAN: the Blending GAN's colour at the coarsest level, carried up a pyramid by the Gaussian–Poisson equation.
 
     Algorithm 1: ``x̃_l = G(x)`` on the composite's coarsest pyramid level resampled to the generator's input
@@ -88,6 +101,42 @@ def gpgan_blend(
         size: the generator's input side; ``None`` reads ``generator.image_size``.
 
     Returns:
+        :class:`GPGANResult`: ``image`` the ``(B, C, H, W)`` blend (not clipped), in the inputs' dtype and
+        device; ``color`` the generator's low-resolution blend; ``levels`` the solution at each pyramid level.
+
+    Example:
+        >>> from fusion.nn.gpgan import BlendingGenerator
+        >>> g = BlendingGenerator(image_size=32, encoder_channels=8, decoder_channels=8, bottleneck=16).eval()
+        >>> fg, bg = torch.rand(1, 3, 48, 80), torch.rand(1, 3, 48, 80)
+        >>> mask = torch.zeros(1, 1, 48, 80); mask[..., 12:36, 20:60] = 1
+        >>> r = gpgan_solve(fg, bg, mask, generator=g)
+        >>> r.image.shape, r.color.shape
+        (torch.Size([1, 3, 48, 80]), torch.Size([1, 3, 32, 32]))
+    """
+    if not isinstance(generator, nn.Module):
+        raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
+    if fg.shape[1] != getattr(generator, "in_channels", fg.shape[1]):
+        raise ValueError(f"fg has {fg.shape[1]} channels but the generator expects {generator.in_channels}")
+    color = blending_gan_color(fg, bg, mask, generator=generator, size=size, levels=levels)
+    pyramid = gaussian_poisson_solve(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels)
+    return GPGANResult(pyramid.image, None, color, pyramid.levels)
+
+
+def gpgan_blend(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    generator: nn.Module,
+    beta: float = 1.0,
+    sigma: float = 0.5,
+    levels: int | None = None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """GP-GAN's blend: the image of :func:`gpgan_solve` (same arguments).
+
+    Returns:
         ``(B, C, H, W)`` blended image (not clipped), in the inputs' dtype and device.
 
     Example:
@@ -98,18 +147,43 @@ def gpgan_blend(
         >>> gpgan_blend(fg, bg, mask, generator=g).shape
         torch.Size([1, 3, 48, 80])
     """
-    return _gpgan(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels, size=size)[0]
+    return gpgan_solve(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels, size=size).image
 
 
-def _gpgan(fg, bg, mask, *, generator, beta, sigma, levels, size=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(blend, colour)``: :func:`gpgan_blend` and the Blending GAN's low-resolution colour it was built on."""
-    if not isinstance(generator, nn.Module):
-        raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
-    fg, bg, mask = check_blend_inputs(fg, bg, mask)
-    if fg.shape[1] != getattr(generator, "in_channels", fg.shape[1]):
-        raise ValueError(f"fg has {fg.shape[1]} channels but the generator expects {generator.in_channels}")
-    color = blending_gan_color(fg, bg, mask, generator=generator, size=size, levels=levels)
-    return gaussian_poisson_blend(fg, bg, mask, color=color, beta=beta, sigma=sigma, levels=levels), color
+class GPGANBlend(nn.Module):
+    """:func:`gpgan_blend` as a layer. The generator is a submodule (its parameters are this module's, so a
+    training graph can fine-tune it through the blend); ``forward(fg, bg, mask)``.
+
+    Example:
+        >>> from fusion.nn.gpgan import BlendingGenerator
+        >>> g = BlendingGenerator(image_size=32, encoder_channels=8, decoder_channels=8, bottleneck=16)
+        >>> layer = GPGANBlend(g, levels=2).eval()
+        >>> fg, bg = torch.rand(1, 3, 48, 80), torch.rand(1, 3, 48, 80)
+        >>> mask = torch.zeros(1, 1, 48, 80); mask[..., 12:36, 20:60] = 1
+        >>> layer(fg, bg, mask).shape
+        torch.Size([1, 3, 48, 80])
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        *,
+        beta: float = 1.0,
+        sigma: float = 0.5,
+        levels: int | None = None,
+        size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(generator, nn.Module):
+            raise TypeError(f"generator must be a torch.nn.Module, got {type(generator).__name__}")
+        self.generator = generator
+        self.options = dict(beta=beta, sigma=sigma, levels=levels, size=size)
+
+    def forward(self, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return gpgan_blend(fg, bg, mask, generator=self.generator, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
 
 
 @register("gpgan", loads={"ckpt": "generator"})
@@ -128,5 +202,5 @@ def gpgan_cli(
 
     Extras: the Blending GAN's own low-resolution blend, ``blending_gan``.
     """
-    result, color = _gpgan(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels)
-    return MethodOutput(result=result, images={"blending_gan": color.clamp(0, 1)})
+    r = gpgan_solve(fg, bg, mask, generator=generator, beta=beta, sigma=sigma, levels=levels)
+    return MethodOutput(result=r.image, images={"blending_gan": r.color.clamp(0, 1)})

@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
+from fusion.methods.contract import MethodResult
 from fusion.methods.registry import MethodOutput, register
 from fusion.ops.checks import check_image, check_max_iter, check_tol
 from fusion.ops.filters import resize
-from fusion.ops.result import SolverResult, warn_unconverged
+from fusion.ops.result import warn_unconverged
 from fusion.ops.staggered import StaggeredGrid, full_density, interpolate
 from fusion.optim.ot_primal_dual import DEFAULT_RELAXATION, ot_primal_dual
 
@@ -64,22 +66,26 @@ MASS_RTOL = 1e-3
 
 
 @dataclass
-class OTResult:
-    """Result of :func:`ot_interpolate`.
+class OTResult(MethodResult):
+    """What :func:`ot_solve` returns.
 
     Attributes:
-        frames: ``(steps+1, B, C, H, W)`` densities at ``t = k/steps``; the first and last are the inputs.
-        cost: ``(B,)`` discrete Benamou–Brenier cost ``Σ J · cell volume`` (≈ ``W₂²/2`` in the constrained model).
+        image: ``(steps+1, B, C, H, W)`` densities at ``t = k/steps`` (what :func:`ot_interpolate` returns); the
+            first and last are the inputs. Also available as :attr:`frames`.
         solver: the primal–dual :class:`SolverResult` (``solution`` is the staggered ``(m, f)``; ``info`` holds
             ``cost_history`` and ``residual_history``).
+        cost: ``(B,)`` discrete Benamou–Brenier cost ``Σ J · cell volume`` (≈ ``W₂²/2`` in the constrained model).
         momentum: ``(steps, B, K, C, H, W)`` momentum at the cell centres (times ``(k−½)/steps``), components
             ``(x, y)`` for gray images and ``(x, y, colour)`` for colour images (``K = 2`` or ``3``).
     """
 
-    frames: torch.Tensor
-    cost: torch.Tensor
-    solver: SolverResult
-    momentum: torch.Tensor
+    cost: torch.Tensor | None = None
+    momentum: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> torch.Tensor:
+        """The interpolation, ``(steps+1, B, C, H, W)`` (the same tensor as ``image``)."""
+        return self.image
 
 
 def _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau, relaxation):
@@ -126,7 +132,7 @@ def _validate(f0, f1, steps, model, color_bc, lam, max_iter, tol, tau, relaxatio
     return f0, f1
 
 
-def ot_interpolate(
+def ot_solve(
     f0: torch.Tensor,
     f1: torch.Tensor,
     *,
@@ -180,7 +186,7 @@ def ot_interpolate(
 
     Example:
         >>> f0 = torch.ones(1, 1, 8, 8); f0[..., :4] = 3.0
-        >>> r = ot_interpolate(f0, f0.flip(-1), steps=4, tol=1e-4)
+        >>> r = ot_solve(f0, f0.flip(-1), steps=4, tol=1e-4)
         >>> r.frames.shape, bool(torch.allclose(r.frames[0], f0)), bool(r.solver.converged)
         (torch.Size([5, 1, 1, 8, 8]), True, True)
     """
@@ -202,7 +208,87 @@ def ot_interpolate(
     v = interpolate(u, grid)
     comps = [v.mx, v.my] + ([v.mc] if v.mc is not None else [])
     momentum = torch.stack(comps, dim=2).transpose(0, 1).contiguous()
-    return OTResult(frames=frames, cost=result.info["cost"], solver=result, momentum=momentum)
+    return OTResult(frames, result, cost=result.info["cost"], momentum=momentum)
+
+
+def ot_interpolate(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    *,
+    steps: int = 16,
+    model: Literal["constrained", "penalized"] = "constrained",
+    color_bc: Literal["periodic", "mirror"] = "periodic",
+    lam: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float = DEFAULT_TOL,
+    tau: float | None = None,
+    relaxation: float = DEFAULT_RELAXATION,
+) -> torch.Tensor:
+    """The displacement interpolation between ``f0`` and ``f1``: the frames of :func:`ot_solve` (same arguments).
+
+    Returns:
+        ``(steps+1, B, C, H, W)`` densities at ``t = k/steps``. A sample that stops at ``max_iter`` before ``tol``
+        emits :class:`fusion.ConvergenceWarning`.
+
+    Example:
+        >>> f0 = torch.ones(1, 1, 8, 8); f0[..., :4] = 3.0
+        >>> ot_interpolate(f0, f0.flip(-1), steps=4, tol=1e-4).shape
+        torch.Size([5, 1, 1, 8, 8])
+    """
+    return ot_solve(
+        f0,
+        f1,
+        steps=steps,
+        model=model,
+        color_bc=color_bc,
+        lam=lam,
+        max_iter=max_iter,
+        tol=tol,
+        tau=tau,
+        relaxation=relaxation,
+    ).image
+
+
+class OTInterpolate(nn.Module):
+    """:func:`ot_interpolate` as a layer: ``forward(f0, f1)`` returns the ``(steps+1, B, C, H, W)`` frames, with the
+    options fixed at construction; differentiable in both densities (by unrolling the iterations).
+
+    Example:
+        >>> layer = OTInterpolate(steps=4, tol=1e-4)
+        >>> f0 = torch.ones(1, 1, 8, 8); f0[..., :4] = 3.0
+        >>> layer(f0, f0.flip(-1)).shape
+        torch.Size([5, 1, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        *,
+        steps: int = 16,
+        model: Literal["constrained", "penalized"] = "constrained",
+        color_bc: Literal["periodic", "mirror"] = "periodic",
+        lam: float | None = None,
+        max_iter: int = DEFAULT_MAX_ITER,
+        tol: float = DEFAULT_TOL,
+        tau: float | None = None,
+        relaxation: float = DEFAULT_RELAXATION,
+    ) -> None:
+        super().__init__()
+        self.options = dict(
+            steps=steps,
+            model=model,
+            color_bc=color_bc,
+            lam=lam,
+            max_iter=max_iter,
+            tol=tol,
+            tau=tau,
+            relaxation=relaxation,
+        )
+
+    def forward(self, f0: torch.Tensor, f1: torch.Tensor) -> torch.Tensor:
+        return ot_interpolate(f0, f1, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
 
 
 def _working_size(h: int, w: int, size: int | None) -> tuple[int, int]:
@@ -213,7 +299,7 @@ def _working_size(h: int, w: int, size: int | None) -> tuple[int, int]:
 
 
 @register("ot", needs_mask=False)
-def ot(
+def ot_cli(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -261,7 +347,7 @@ def ot(
     if normalize and model == "constrained":
         target = 0.5 * (m0 + m1)
         scale0, scale1 = target / m0, target / m1
-    r = ot_interpolate(
+    r = ot_solve(
         f0 * scale0.view(-1, 1, 1, 1),
         f1 * scale1.view(-1, 1, 1, 1),
         steps=steps,

@@ -6,9 +6,11 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fusion.energies.poisson import poisson_energy, region_edges
-from fusion.methods.registry import register
+from fusion.methods.contract import MethodResult
+from fusion.methods.registry import MethodOutput, register
 from fusion.ops.cg import relative_residual
 from fusion.ops.checks import check_batch, check_blend_inputs, check_image, check_max_iter, check_same_size, check_tol
 from fusion.ops.diff import div, grad, laplacian
@@ -25,6 +27,7 @@ from fusion.optim.implicit import implicit_minimiser
 from fusion.optim.ipiano import ipiano
 
 Solver = Literal["exact", "spectral", "inertial"]
+Precondition = Literal["spectral", "jacobi", "none"]
 
 
 def place_source(
@@ -119,7 +122,7 @@ def perez_residual(
 ) -> torch.Tensor:
     """The convergence criterion of every Poisson solver: ``‖b − A u_Ω‖ / ‖b‖`` per sample.
 
-    ``A u_Ω = b`` are Pérez's discrete equations on Ω = {mask > 0.5} (see :func:`poisson_solve_exact`), the norms
+    ``A u_Ω = b`` are Pérez's discrete equations on Ω = {mask > 0.5} (see :func:`poisson_solve`), the norms
     are taken over the channels and pixels of one sample, and ``u`` off Ω is ignored.
 
     Args:
@@ -156,52 +159,6 @@ def _exact(fg, bg, mask, mixed, max_iter, tol, precondition) -> SolverResult:
     )
     res.criterion = PEREZ_CRITERION
     return res
-
-
-def poisson_solve_exact(
-    fg: torch.Tensor,
-    bg: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    mixed: bool = False,
-    max_iter: int = 20000,
-    tol: float = DEFAULT_TOL,
-    precondition: Literal["spectral", "jacobi", "none"] = "spectral",
-) -> SolverResult:
-    """The discrete Pérez equations on Ω = {mask > 0.5}, solved by PCG; see :func:`poisson_blend`.
-
-    For every pixel ``p`` of Ω with in-image neighbours ``N_p`` (Pérez eq. 7 discretised):
-    ``|N_p| f_p − Σ_{q ∈ N_p ∩ Ω} f_q = Σ_{q ∈ N_p \\ Ω} bg_q + Σ_{q ∈ N_p} v_pq`` with ``v_pq = fg_p − fg_q``
-    (or the mixed choice, eq. 13), written ``A u_Ω = b``. Conjugate gradients with a per-sample spectral
-    preconditioner; a sample stops when the directly computed ``‖b − A u_Ω‖ / ‖b‖ ≤ tol`` (the criterion of
-    every Poisson solver, :func:`perez_residual`), independently of the other samples of the batch.
-
-    Differentiable with respect to ``fg`` and ``bg`` by implicit differentiation of ``A u_Ω = b`` (the backward
-    pass is one more PCG solve with ``A`` and the same preconditioner, to ``tol``); the mask is thresholded and
-    gets no gradient.
-
-    Args:
-        fg, bg, mask, mixed: as in :func:`poisson_blend`.
-        max_iter: iteration cap, ``>= 1``.
-        tol: relative residual tolerance, ``> 0``.
-        precondition: ``"spectral"``, ``"jacobi"`` or ``"none"``.
-
-    Returns:
-        :class:`SolverResult`: ``solution`` ``(B, C, H, W)``, ``history`` the relative residuals the iteration
-        carries, ``criterion`` :data:`PEREZ_CRITERION`, ``tol``, ``reached`` ``(B,)``,
-        ``info["iterations"]`` per sample. A sample that stops at ``max_iter`` (or at the floating-point floor of
-        its residual) emits :class:`fusion.ConvergenceWarning`.
-
-    Example:
-        >>> fg, bg = torch.rand(1, 3, 20, 24, dtype=torch.float64), torch.rand(1, 3, 20, 24, dtype=torch.float64)
-        >>> mask = torch.zeros(1, 1, 20, 24, dtype=torch.float64); mask[..., 5:15, 6:18] = 1
-        >>> res = poisson_solve_exact(fg, bg, mask, tol=1e-10)
-        >>> res.all_converged, bool(res.reached < 1e-10)
-        (True, True)
-    """
-    fg, bg, mask = check_blend_inputs(fg, bg, mask)
-    _check_iterations(max_iter, tol)
-    return warn_unconverged(_exact(fg, bg, mask, mixed, max_iter, tol, precondition), "poisson (exact)")
 
 
 def _spectral(fg, bg, mask, mixed):
@@ -279,7 +236,7 @@ def _inertial(fg, bg, mask, mixed, beta, max_iter, tol) -> SolverResult:
     return res
 
 
-def poisson_blend(
+def poisson_solve(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor,
@@ -288,35 +245,42 @@ def poisson_blend(
     solver: Solver = "exact",
     max_iter: int = 20000,
     tol: float = DEFAULT_TOL,
-) -> torch.Tensor:
-    """Seamless cloning of ``fg`` into ``bg`` on ``mask`` (Pérez et al. 2003, eqs. 7–13).
+    precondition: Precondition = "spectral",
+    beta: float = 0.9,
+) -> MethodResult:
+    """Seamless cloning of ``fg`` into ``bg`` on ``mask`` (Pérez et al. 2003, eqs. 7–13), with its solve record.
 
     Solvers:
 
-    * ``"exact"`` — the discrete Pérez equations ``A u_Ω = b`` on Ω = {mask > 0.5} with the Dirichlet boundary
-      from ``bg`` and guidance ``v_pq = fg_p − fg_q`` (``mixed=True``: the larger of the ``fg`` and ``bg``
-      differences), solved by conjugate gradients with a spectral preconditioner (:func:`poisson_solve_exact`).
-      Ω may touch the image border (pixels there have fewer neighbours).
+    * ``"exact"`` — the discrete Pérez equations on Ω = {mask > 0.5}: for every pixel ``p`` of Ω with in-image
+      neighbours ``N_p`` (eq. 7 discretised), ``|N_p| f_p − Σ_{q ∈ N_p ∩ Ω} f_q = Σ_{q ∈ N_p \\ Ω} bg_q +
+      Σ_{q ∈ N_p} v_pq`` with ``v_pq = fg_p − fg_q`` (``mixed=True``: the larger of the ``fg`` and ``bg``
+      differences, eq. 13), written ``A u_Ω = b``. Conjugate gradients with a per-sample preconditioner
+      (``precondition``: ``"spectral"``, ``"jacobi"`` or ``"none"``). Ω may touch the image border (pixels
+      there have fewer neighbours).
     * ``"spectral"`` — the single-solve formulation of OpenCV's ``seamlessClone`` and GP-GAN: the guidance is
       ``∇fg`` inside the mask and ``∇bg`` outside (a soft mask blends the two; an edge ``(p, p + e)`` takes the
       mask value at ``p``), solved once per sample by a DST-I over that sample's mask bounding box grown by one
       pixel, with the ``bg`` values around the box as Dirichlet data (where the box meets the image border, the
-      border pixel's own ``bg`` value). Direct, not iterative; differs from ``"exact"`` only near the mask
-      boundary.
-    * ``"inertial"`` — minimises the Poisson energy ``½ Σ_{edges touching Ω} (∇u − v)²`` with ``u = bg`` off Ω
-      by iPiano (:func:`poisson_solve_inertial`); its minimiser is the ``"exact"`` solution, reached slowly
-      (the iteration count grows with the square of the region's width).
+      border pixel's own ``bg`` value). Direct, not iterative (``solver`` of the result is ``None``); differs
+      from ``"exact"`` only near the mask boundary.
+    * ``"inertial"`` — minimises the Poisson energy ``½ Σ_{edges touching Ω} (∇u − v)²``
+      (:func:`fusion.energies.poisson_energy`) with ``u = bg`` off Ω by iPiano with inertia ``beta``; the
+      constraint's prox is the projection ``Ω·z + (1 − Ω)·bg``. Its minimiser is the ``"exact"`` solution,
+      reached slowly (the iteration count grows with the square of the region's width).
 
     Convergence (``"exact"`` and ``"inertial"``): the same criterion, ``‖b − A u_Ω‖ / ‖b‖ ≤ tol``
-    (:func:`perez_residual`), per sample; a sample that stops at ``max_iter`` without meeting it emits one
-    :class:`fusion.ConvergenceWarning` naming the solver, the samples, the iterations and the reached residual.
+    (:func:`perez_residual`), per sample, independently of the other samples of the batch; a sample that stops at
+    ``max_iter`` (or at the floating-point floor of its residual) emits one :class:`fusion.ConvergenceWarning`
+    naming the solver, the samples, the iterations and the reached residual.
 
     Differentiability: every solver backpropagates to ``fg`` and ``bg``. ``"spectral"`` is a chain of linear
     operations, differentiable also with respect to ``mask`` (through the soft blend of the two fields; the box
     comes from ``mask > 0.5`` and is piecewise constant). ``"exact"`` and ``"inertial"`` threshold the mask
     (no gradient to it) and differentiate the converged solve implicitly: the backward pass solves ``A λ = g``
-    by PCG (not by unrolling the iterations), so the gradient is that of the exact solution, as accurate as
-    the forward solve converged. The mixed-gradient choice is piecewise: gradients follow the chosen edge.
+    by preconditioned CG to ``tol`` (not by unrolling the iterations), so the gradient is that of the exact
+    solution, as accurate as the forward solve converged. The mixed-gradient choice is piecewise: gradients
+    follow the chosen edge.
 
     Args:
         fg: ``(B, C, H, W)`` source, already placed on the canvas (see :func:`place_source`).
@@ -326,10 +290,57 @@ def poisson_blend(
         solver: ``"exact"``, ``"spectral"`` or ``"inertial"``.
         max_iter: iteration cap of the iterative solvers, an integer ``>= 1``.
         tol: relative residual tolerance of the iterative solvers, ``> 0`` (the default is reachable in float32).
+        precondition: preconditioner of ``"exact"``.
+        beta: inertia of ``"inertial"``, in ``[0, 1)``.
 
     Returns:
-        ``(B, C, H, W)`` blended image (not clipped; values may leave [0, 1] slightly). Each sample's result
-        depends on that sample's inputs only.
+        :class:`~fusion.methods.contract.MethodResult`: ``image`` the ``(B, C, H, W)`` blend (not clipped; values
+        may leave [0, 1] slightly; each sample depends on that sample's inputs only); ``solver`` the
+        :class:`~fusion.ops.result.SolverResult` of ``"exact"`` (``history`` the relative residuals the
+        iteration carries) or ``"inertial"`` (``history`` the energies, ``info["criterion_history"]`` the
+        residuals), with ``criterion`` :data:`PEREZ_CRITERION`, ``tol``, ``reached`` ``(B,)`` and
+        ``info["iterations"]`` per sample; ``None`` for ``"spectral"``.
+
+    Example:
+        >>> fg, bg = torch.rand(1, 3, 20, 24, dtype=torch.float64), torch.rand(1, 3, 20, 24, dtype=torch.float64)
+        >>> mask = torch.zeros(1, 1, 20, 24, dtype=torch.float64); mask[..., 5:15, 6:18] = 1
+        >>> res = poisson_solve(fg, bg, mask, tol=1e-10)
+        >>> res.solver.all_converged, bool(res.solver.reached < 1e-10), res.image.shape
+        (True, True, torch.Size([1, 3, 20, 24]))
+    """
+    if solver not in ("exact", "spectral", "inertial"):
+        raise ValueError(f"solver must be 'exact', 'spectral' or 'inertial', got {solver!r}")
+    if precondition not in ("spectral", "jacobi", "none"):
+        raise ValueError(f"precondition must be 'spectral', 'jacobi' or 'none', got {precondition!r}")
+    fg, bg, mask = check_blend_inputs(fg, bg, mask)
+    _check_iterations(max_iter, tol)
+    if solver == "spectral":
+        return MethodResult(_spectral(fg, bg, mask, mixed))
+    if solver == "exact":
+        res = _exact(fg, bg, mask, mixed, max_iter, tol, precondition)
+    else:
+        res = _inertial(fg, bg, mask, mixed, beta, max_iter, tol)
+    warn_unconverged(res, f"poisson ({solver})")
+    return MethodResult(res.solution, res)
+
+
+def poisson_blend(
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    mixed: bool = False,
+    solver: Solver = "exact",
+    max_iter: int = 20000,
+    tol: float = DEFAULT_TOL,
+    precondition: Precondition = "spectral",
+    beta: float = 0.9,
+) -> torch.Tensor:
+    """Seamless cloning of ``fg`` into ``bg`` on ``mask``: the image of :func:`poisson_solve` (same arguments).
+
+    Returns:
+        ``(B, C, H, W)`` blended image (not clipped). An iterative solver that stops before ``tol`` emits
+        :class:`fusion.ConvergenceWarning`.
 
     Example:
         >>> fg, bg = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 32, 40)
@@ -337,63 +348,61 @@ def poisson_blend(
         >>> poisson_blend(fg, bg, mask).shape
         torch.Size([1, 3, 32, 40])
     """
-    if solver not in ("exact", "spectral", "inertial"):
-        raise ValueError(f"solver must be 'exact', 'spectral' or 'inertial', got {solver!r}")
-    fg, bg, mask = check_blend_inputs(fg, bg, mask)
-    _check_iterations(max_iter, tol)
-    if solver == "spectral":
-        return _spectral(fg, bg, mask, mixed)
-    if solver == "exact":
-        res = _exact(fg, bg, mask, mixed, max_iter, tol, "spectral")
-    else:
-        res = _inertial(fg, bg, mask, mixed, 0.9, max_iter, tol)
-    return warn_unconverged(res, f"poisson ({solver})").solution
+    return poisson_solve(
+        fg, bg, mask, mixed=mixed, solver=solver, max_iter=max_iter, tol=tol, precondition=precondition, beta=beta
+    ).image
 
 
-def poisson_solve_inertial(
+class PoissonBlend(nn.Module):
+    """:func:`poisson_blend` as a layer: the options are fixed at construction, ``forward(fg, bg, mask)`` blends.
+
+    Differentiable in ``fg`` and ``bg`` (and, with ``solver="spectral"``, in ``mask``), so it can paste
+    seamlessly inside a training graph: a data augmentation, or a loss that compares a network's output with
+    its Poisson-blended composite.
+
+    Example:
+        >>> layer = PoissonBlend(solver="spectral")
+        >>> fg, bg = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+        >>> mask = torch.zeros(2, 1, 16, 16); mask[..., 4:12, 4:12] = 1
+        >>> layer(fg, bg, mask).shape
+        torch.Size([2, 3, 16, 16])
+    """
+
+    def __init__(
+        self,
+        *,
+        mixed: bool = False,
+        solver: Solver = "exact",
+        max_iter: int = 20000,
+        tol: float = DEFAULT_TOL,
+        precondition: Precondition = "spectral",
+        beta: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.options = dict(
+            mixed=mixed, solver=solver, max_iter=max_iter, tol=tol, precondition=precondition, beta=beta
+        )
+
+    def forward(self, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return poisson_blend(fg, bg, mask, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+@register("poisson")
+def poisson_cli(
     fg: torch.Tensor,
     bg: torch.Tensor,
     mask: torch.Tensor,
     *,
     mixed: bool = False,
-    beta: float = 0.9,
+    solver: Solver = "exact",
     max_iter: int = 20000,
     tol: float = DEFAULT_TOL,
-) -> SolverResult:
-    """Minimise the Poisson energy by iPiano; see :func:`poisson_blend`.
-
-    The energy ``½ Σ_{edges touching Ω} (∇u − v)²`` (:func:`fusion.energies.poisson_energy`) is the smooth part;
-    the constraint ``u = bg`` off Ω is the non-smooth part, whose prox is the projection ``Ω·z + (1 − Ω)·bg``.
-    Its minimiser solves Pérez's equations ``A u_Ω = b``, and iPiano stops a sample when
-    ``‖b − A u_Ω‖ / ‖b‖ ≤ tol`` — the same criterion, with the same default tolerance, as
-    :func:`poisson_solve_exact`.
-
-    Differentiable with respect to ``fg`` and ``bg`` by implicit differentiation at the returned minimiser
-    (:func:`fusion.optim.implicit.implicit_minimiser`: one CG solve with the energy's Hessian ``A``,
-    spectrally preconditioned, to ``tol``); nothing of the iteration is stored. The mask gets no gradient.
-
-    Args:
-        fg, bg, mask, mixed: as in :func:`poisson_blend`.
-        beta: iPiano's inertia ``β ∈ [0, 1)``.
-        max_iter: iteration cap, ``>= 1``.
-        tol: relative residual tolerance, ``> 0``.
-
-    Returns:
-        :class:`SolverResult`: ``history`` the energies, ``criterion`` :data:`PEREZ_CRITERION`, ``reached`` the
-        final relative residuals, ``info["criterion_history"]`` their values per iteration,
-        ``info["iterations"]`` per sample. A sample that stops at ``max_iter`` emits
-        :class:`fusion.ConvergenceWarning`.
-
-    Example:
-        >>> fg, bg = torch.rand(1, 1, 10, 12, dtype=torch.float64), torch.rand(1, 1, 10, 12, dtype=torch.float64)
-        >>> mask = torch.zeros(1, 1, 10, 12, dtype=torch.float64); mask[..., 3:7, 3:9] = 1
-        >>> res = poisson_solve_inertial(fg, bg, mask, tol=1e-8)
-        >>> res.all_converged, bool(perez_residual(res.solution, fg, bg, mask) <= 1e-8)
-        (True, True)
-    """
-    fg, bg, mask = check_blend_inputs(fg, bg, mask)
-    _check_iterations(max_iter, tol)
-    return warn_unconverged(_inertial(fg, bg, mask, mixed, beta, max_iter, tol), "poisson (inertial)")
-
-
-register("poisson")(poisson_blend)
+) -> MethodOutput:
+    """Command-line adapter (``infer.py method=poisson``): :func:`poisson_solve` with the options of
+    ``conf/method/poisson.yaml``; no extra outputs."""
+    return MethodOutput(
+        result=poisson_solve(fg, bg, mask, mixed=mixed, solver=solver, max_iter=max_iter, tol=tol).image
+    )

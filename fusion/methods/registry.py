@@ -1,12 +1,11 @@
 """Name → method registry used by ``infer.py``.
 
-A registered method is a function ``fn(fg, bg, mask, **params)`` taking ``(B, C, H, W)`` images and a
-``(B, 1, H, W)`` mask in [0, 1] (``mask`` is ``None`` for methods registered with ``needs_mask=False``, such
-as optimal transport between two images). It returns either the ``(B, C, H, W)`` result, or a
-:class:`MethodOutput` carrying the result plus the extra images, frame sequences and curves the command line
-writes next to it. Methods register themselves when their module is imported (``fusion.methods`` imports them
-all). The user-facing Python functions keep their own natural return types; a method with extra outputs
-registers a small adapter that builds the :class:`MethodOutput`.
+A registered method is its command-line adapter ``<m>_cli(fg, bg, mask, **params)`` taking ``(B, C, H, W)``
+images and a ``(B, 1, H, W)`` mask in [0, 1] (``mask`` is ``None`` for methods registered with
+``needs_mask=False``, such as optimal transport between two images). It returns a :class:`MethodOutput`: the
+``(B, C, H, W)`` result plus the extra images, frame sequences and curves the command line writes next to it.
+Methods register themselves when their module is imported (``fusion.methods`` imports them all). The Python
+functions of a method follow :mod:`fusion.methods.contract`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Callable, Mapping
 
 import torch
 
-Method = Callable[..., "torch.Tensor | MethodOutput"]
+Method = Callable[..., "MethodOutput"]
 
 
 @dataclass

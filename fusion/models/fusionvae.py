@@ -75,7 +75,7 @@ class FusionModule(L.LightningModule):
     """FusionVAE, CVAE(+S) or FCN(+S) training with the paper's objective and schedules.
 
     Batches are dicts with ``inputs`` ``(B, K, C, H, W)`` and ``target`` ``(B, C, H, W)`` (see
-    :class:`fusion.data.fusion_sets.FusionDataModule`).
+    :class:`fusion.data.datamodule.FusionDataModule`).
 
     Args:
         network: a model with the interface of :mod:`fusion.nn.fusionvae` (``FusionVAE``, ``CVAE`` or ``FCN``).

@@ -37,18 +37,32 @@ The criterion is relative to the objective's value, so it does not depend on the
 objective whose minimum is 0 it is met only when the iterates stagnate at round-off (converging to a zero
 minimum, ``f_k / f_{k−1}`` stays well below 1, so ``r_k`` does not shrink): give such objectives a positive
 offset.
+
+:func:`lbfgs_stage` runs the same descent as one stage of a staged optimisation (Deep Image Blending's two
+stages, for instance) and keeps its record: the named parts of the objective at every iterate, snapshots at
+planned iterations, progress calls, and a ``finish`` map (a clip to a box) applied to the last iterate, at which
+the record is closed.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
-from fusion.ops.checks import check_max_iter, check_tol
+from fusion.ops.checks import (
+    check_flag,
+    check_int,
+    check_max_iter,
+    check_nonnegative_number,
+    check_positive_number,
+    check_tol,
+)
 from fusion.ops.result import SolverResult
 
-__all__ = ["criterion", "lbfgs"]
+__all__ = ["LBFGSStageResult", "criterion", "lbfgs", "lbfgs_stage"]
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
 Projection = Callable[[torch.Tensor], torch.Tensor]
@@ -122,18 +136,39 @@ def lbfgs(
         >>> bool(res.converged.all()), torch.allclose(res.solution, torch.ones(2, 2, dtype=torch.float64))
         (True, True)
     """
+    settings = _check_settings(x0, max_iter, tol, window, history_size, lr, stop_early, curvature_eps)
+    return _minimise(energy, x0, project=project, **settings)
+
+
+def _check_settings(x0, max_iter, tol, window, history_size, lr, stop_early, curvature_eps) -> dict[str, Any]:
+    """The optimiser's settings, checked (once per public call) and normalised; no side effects."""
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.ndim < 1:
         raise TypeError(f"x0 must be a floating-point tensor with a batch dimension, got {type(x0).__name__}")
-    check_max_iter(max_iter, "max_iter")
-    tol = check_tol(tol, "tol")
-    check_max_iter(window, "window")
-    check_max_iter(history_size, "history_size")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < float(lr) < float("inf"):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if isinstance(curvature_eps, bool) or not isinstance(curvature_eps, (int, float)) or not curvature_eps >= 0:
-        raise ValueError(f"curvature_eps must be a number >= 0, got {curvature_eps!r}")
-    lr = float(lr)
+    return {
+        "max_iter": check_max_iter(max_iter, "max_iter"),
+        "tol": check_tol(tol, "tol"),
+        "window": check_max_iter(window, "window"),
+        "history_size": check_max_iter(history_size, "history_size"),
+        "lr": check_positive_number(lr, "lr"),
+        "stop_early": check_flag(stop_early, "stop_early"),
+        "curvature_eps": check_nonnegative_number(curvature_eps, "curvature_eps"),
+    }
 
+
+def _minimise(
+    energy: Energy,
+    x0: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    window: int,
+    history_size: int,
+    lr: float,
+    stop_early: bool,
+    project: Projection | None,
+    curvature_eps: float,
+) -> SolverResult:
+    """The iterations of :func:`lbfgs`, on settings already checked."""
     batch, shape = x0.shape[0], x0.shape
     dev, real = x0.device, x0.dtype
     tiny = torch.finfo(real).tiny
@@ -281,3 +316,124 @@ def lbfgs(
         tol=tol,
         reached=reached,
     )
+
+
+Objective = Callable[[torch.Tensor], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
+
+
+@dataclass
+class LBFGSStageResult:
+    """What :func:`lbfgs_stage` returns: the finished point and the record of the run that led to it.
+
+    Attributes:
+        solution: ``(B, …)`` the stage's result, ``finish(x_T)`` for each sample's last iterate ``x_T``.
+        solver: the optimiser's :class:`SolverResult` (unfinished iterates: ``solver.solution`` is ``x_T``;
+            ``info["iterations"]`` the ``(B,)`` steps per sample, ``info["diverged"]``, ``info["pairs_skipped"]``).
+        history: ``(T + 1, B)`` objective values, row ``k`` at iterate ``k`` (``T`` the most steps any sample took);
+            from a sample's last iteration on, the value at its finished point ``solution``.
+        terms: ``{name: (T + 1, B)}`` the named parts of the objective, recorded like ``history``.
+        frames: ``(F, B, …)`` snapshots (see :func:`lbfgs_stage`), or ``None`` when none were asked for.
+    """
+
+    solution: torch.Tensor
+    solver: SolverResult
+    history: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    frames: torch.Tensor | None = None
+
+
+def lbfgs_stage(
+    objective: Objective,
+    x0: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    window: int = 1,
+    history_size: int = 100,
+    lr: float = 1.0,
+    stop_early: bool = True,
+    project: Projection | None = None,
+    finish: Projection | None = None,
+    frames: int = 0,
+    snapshot: Projection | None = None,
+    on_iterate: Callable[[int, torch.Tensor], None] | None = None,
+    curvature_eps: float = 1e-10,
+) -> LBFGSStageResult:
+    """One stage of a staged optimisation: :func:`lbfgs` on ``objective`` from ``x0``, recorded.
+
+    The descent, its per-sample independence and its stopping rule ``r_k <= tol`` over the last ``window``
+    iterations are those of :func:`lbfgs` (see the module docstring). Around it, this records what the caller
+    passes in a closure: ``objective(x)`` returns the ``(B,)`` values the descent minimises together with their
+    named parts (e.g. the unweighted loss terms of a weighted sum), and every part is kept per iterate. When the
+    descent ends, each sample's last iterate ``x_T`` is mapped by ``finish`` (e.g. clipped to a box: the descent
+    itself may run unconstrained) and the objective is evaluated once more there, without gradient; that value
+    closes the record of the sample.
+
+    Args:
+        objective: ``objective(x) -> (values, parts)`` with ``values`` ``(B,)`` and ``parts`` ``{name: (B,)}``,
+            separable over the batch (see :func:`lbfgs`'s ``energy``). Called for iterates ``0, 1, 2, …`` in
+            order, once each, then once at the finished point.
+        x0: ``(B, …)`` start (not modified).
+        max_iter, tol, window, history_size, lr, stop_early, project, curvature_eps: as in :func:`lbfgs`.
+        finish: ``finish(x) -> x`` applied to the last iterate (and to the iterates shown in ``frames``);
+            ``None`` keeps it.
+        frames: ``F >= 0`` snapshots: ``snapshot(finish(x_k))`` at the planned iterations
+            ``k = round(i · max_iter / (F − 1))`` for ``i < F − 1``, then ``snapshot(solution)``; a run that ends
+            before a planned iteration repeats its last snapshot in the frames it did not reach.
+        snapshot: ``snapshot(x) -> image`` of a finished point for ``frames`` (``None``: the point itself).
+        on_iterate: ``on_iterate(k, values)`` after iterate ``k >= 1`` is evaluated (``values`` ``(B,)``, detached);
+            for progress reporting.
+
+    Returns:
+        :class:`LBFGSStageResult`.
+
+    Example:
+        >>> target = torch.tensor([[0.5, 2.0], [-1.0, 0.25]], dtype=torch.float64)
+        >>> def objective(x):
+        ...     fit = ((x - target) ** 2).sum(1)
+        ...     return 1 + fit, {"fit": fit}
+        >>> run = lbfgs_stage(objective, torch.zeros(2, 2, dtype=torch.float64), max_iter=50, tol=1e-12,
+        ...                   finish=lambda x: x.clamp(0, 1))
+        >>> run.solution.tolist(), bool(run.solver.converged.all())
+        ([[0.5, 1.0], [0.0, 0.25]], True)
+        >>> run.terms["fit"][-1].tolist()  # at the clipped points
+        [1.0, 1.0]
+    """
+    settings = _check_settings(x0, max_iter, tol, window, history_size, lr, stop_early, curvature_eps)
+    frames = check_int(frames, "frames", minimum=0)
+    done = finish if finish is not None else _same
+    show = snapshot if snapshot is not None else _same
+    planned = {round(i * max_iter / (frames - 1)) for i in range(frames)} if frames > 1 else set()
+    rows: list[dict[str, torch.Tensor]] = []
+    shots: dict[int, torch.Tensor] = {}
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        k = len(rows)  # the optimiser evaluates iterates 0, 1, 2, ... in order, once each
+        values, parts = objective(x)
+        rows.append({name: part.detach() for name, part in parts.items()})
+        if k in planned:
+            shots[k] = show(done(x.detach()))
+        if on_iterate is not None and k > 0:
+            on_iterate(k, values.detach())
+        return values
+
+    solver = _minimise(energy, x0, project=project, **settings)
+    steps, last = solver.info["iterations"], solver.iterations
+    with torch.no_grad():
+        x = done(solver.solution)
+        values, parts = objective(x)
+    after = torch.arange(last + 1, device=steps.device)[:, None] >= steps[None, :]  # (T + 1, B)
+    history = torch.where(after, values, solver.history.to(values.dtype))
+    terms = {
+        name: torch.where(after, part, torch.stack([row[name] for row in rows[: last + 1]]))
+        for name, part in parts.items()
+    }
+    stacked = None
+    if frames:
+        kept = [shots[k] for k in sorted(shots) if k < last][: frames - 1]
+        stacked = torch.stack(kept + [show(x)] * (frames - len(kept)))
+    return LBFGSStageResult(solution=x, solver=solver, history=history, terms=terms, frames=stacked)
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x

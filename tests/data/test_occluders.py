@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fusion.data.fusion_sets import write_synthetic_tless
 from fusion.data.occluders import cut_occluder, cut_occluders, fill_holes, largest_component, object_mask
+from fusion.data.synthetic_layouts import write_synthetic_tless
 
 SCRIPT = Path(__file__).resolve().parents[2] / "datasets" / "tless_occluders.py"
 

@@ -5,7 +5,7 @@ import scipy.ndimage as nd
 import torch
 
 from fusion.energies import gaussian_poisson_energy, poisson_energy, region_edges
-from fusion.methods import gaussian_poisson_solve, guidance_field
+from fusion.methods import gaussian_poisson_level, guidance_field
 from fusion.ops.diff import div, grad
 from fusion.ops.filters import gaussian_blur_dct
 from tests.reference import perez_reference
@@ -58,7 +58,7 @@ def test_gaussian_poisson_energy_is_minimised_by_the_closed_form(gen):
     fg, bg, color = (torch.rand(2, 1, h, w, generator=gen, dtype=torch.float64) for _ in range(3))
     mask = (torch.rand(2, 1, h, w, generator=gen) > 0.5).double()
     beta, sigma = 0.7, 0.9
-    x = gaussian_poisson_solve(fg, bg, mask, color, beta=beta, sigma=sigma).requires_grad_()
+    x = gaussian_poisson_level(fg, bg, mask, color, beta=beta, sigma=sigma).requires_grad_()
     m = mask.unsqueeze(-3)
     divergence = div(m * grad(fg) + (1 - m) * grad(bg))
 

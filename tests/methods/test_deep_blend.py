@@ -1,8 +1,9 @@
 """Deep Image Blending: the objective against NumPy, batch independence, stopping and its warnings, the
-background kept, the Poisson stage against Pérez, errors, the CLI."""
+background kept, the Poisson stage against Pérez, errors, the module and its use in a training step, the CLI."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -18,15 +19,18 @@ from hydra import compose, initialize_config_dir
 from skimage import data
 
 from fusion import ConvergenceWarning
-from fusion.methods.deep_blend import (
+from fusion.methods.contract import MethodResult
+from fusion.methods.deep_image_blending import (
     DEFAULT_TOL,
     DEFAULT_WINDOW,
     STAGE1_DEFAULTS,
     STAGE2_DEFAULTS,
+    DeepBlend,
+    DeepBlendResult,
     StageConfig,
     deep_blend,
+    deep_blend_cli,
     deep_blend_solve,
-    deep_image_blend,
 )
 from fusion.methods.poisson import place_source
 from fusion.methods.registry import MethodOutput, get_method
@@ -73,12 +77,12 @@ def test_short_run_reduces_the_loss_in_both_stages(inputs, vgg):
     gen = torch.Generator().manual_seed(0)
     res = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1={"max_iter": 6}, stage2={"max_iter": 4}, generator=gen,
                            stop_early=False)  # fmt: skip
-    hist = res.info["history"]
+    hist = {name: stage.history for name, stage in res.stages.items()}
     assert hist["stage1"].shape == (7, 1) and hist["stage2"].shape == (5, 1)
-    assert res.iterations == 10 and res.history.shape == (11, 1)
+    assert res.solver.iterations == 10 and res.solver.history.shape == (11, 1)
     assert hist["stage1"][-1, 0] < 0.5 * hist["stage1"][0, 0]
     assert hist["stage2"][-1, 0] < hist["stage2"][0, 0]
-    assert set(res.info["terms"]["stage1"]) == {"grad", "content", "style", "hist", "tv"}
+    assert set(res.stages["stage1"].terms) == {"grad", "content", "style", "hist", "tv"}
 
 
 def _np_features(vgg, image: torch.Tensor, layers) -> list[np.ndarray]:
@@ -126,9 +130,9 @@ def test_recorded_objectives_match_numpy_transcriptions_of_the_paper():
                            stop_early=False)  # fmt: skip
     w1 = {"grad": 1e6, "content": 1.0, "style": 1e6, "hist": 1.0, "tv": 1e-5}
     w2 = {"content": 1.0, "style": 1e8, "hist": 1.0, "tv": 1e-5}
-    z1 = res.info["solver"]["stage1"].solution.clamp(0, 1)
-    z2 = res.info["solver"]["stage2"].solution.clamp(0, 1)
-    blend1 = res.info["stage1"]
+    z1 = res.stages["stage1"].solver.solution.clamp(0, 1)
+    z2 = res.stages["stage2"].solver.solution.clamp(0, 1)
+    blend1 = res.stage1_image
     cases = [
         ("stage1", 0, _np_stage1(vgg, z0, fg, bg, mask), w1),
         ("stage1", -1, _np_stage1(vgg, z1, fg, bg, mask), w1),
@@ -136,15 +140,15 @@ def test_recorded_objectives_match_numpy_transcriptions_of_the_paper():
         ("stage2", -1, _np_stage2(vgg, z2, blend1, bg, mask), w2),
     ]
     for stage, row, expected, weights in cases:
-        terms = res.info["terms"][stage]
+        terms = res.stages[stage].terms
         assert set(terms) == set(expected), stage
         for name, value in expected.items():
             assert terms[name][row, 0].item() == pytest.approx(value, rel=1e-9, abs=1e-12), (stage, row, name)
         total = sum(weights[name] * value for name, value in expected.items())
-        assert res.info["history"][stage][row, 0].item() == pytest.approx(total, rel=1e-9), (stage, row)
+        assert res.stages[stage].history[row, 0].item() == pytest.approx(total, rel=1e-9), (stage, row)
     assert cases[2][2]["content"] == 0.0 and cases[3][2]["content"] > 0  # stage 2 starts at the stage-1 blend
     torch.testing.assert_close(blend1, z1 * mask + bg * (1 - mask))
-    torch.testing.assert_close(res.solution, z2 * mask + bg * (1 - mask))
+    torch.testing.assert_close(res.image, z2 * mask + bg * (1 - mask))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -180,7 +184,7 @@ class _OneSampleAtATime(VGG16Features):
 )
 def test_batch_of_three_equals_the_single_calls(dt, per_sample, atol):
     # three images, masks, offsets and starts in one batch give the three single results. The optimiser keeps
-    # every sample apart (its own line search, curvature pairs and stopping); with features computed one sample
+    # every sample apart (its own step, curvature pairs and stopping); with features computed one sample
     # at a time that is exact to round-off. A batched convolution may round differently from the single one
     # (which algorithm runs depends on the CPU and the batch size) and L-BFGS amplifies that: on some CPUs about
     # 3e-9 in float64 and 5e-3 in float32 after these 28 iterations, which the float64 case bounds.
@@ -194,20 +198,20 @@ def test_batch_of_three_equals_the_single_calls(dt, per_sample, atol):
     fg = torch.cat([p[0] for p in placed])
     mask = torch.cat([p[1] for p in placed])
     batch = deep_blend_solve(fg, torch.cat(bgs), mask, init=torch.cat(starts), **kw)
-    stage2_its = [one.info["solver"]["stage2"].iterations for one in singles]
+    stage2_its = [one.stages["stage2"].solver.iterations for one in singles]
     assert len(set(stage2_its)) > 1  # the samples stopped on their own
     for k, one in enumerate(singles):
-        torch.testing.assert_close(batch.solution[k : k + 1], one.solution, atol=atol, rtol=0)
-        torch.testing.assert_close(batch.info["stage1"][k : k + 1], one.info["stage1"], atol=atol, rtol=0)
+        torch.testing.assert_close(batch.image[k : k + 1], one.image, atol=atol, rtol=0)
+        torch.testing.assert_close(batch.stage1_image[k : k + 1], one.stage1_image, atol=atol, rtol=0)
         for stage in ("stage1", "stage2"):
-            ours, alone = batch.info["solver"][stage], one.info["solver"][stage]
+            ours, alone = batch.stages[stage].solver, one.stages[stage].solver
             assert int(ours.info["iterations"][k]) == alone.iterations
             assert bool(ours.converged[k]) == bool(alone.converged[0])
             t = alone.iterations
-            torch.testing.assert_close(batch.info["history"][stage][: t + 1, k], one.info["history"][stage][:, 0],
+            torch.testing.assert_close(batch.stages[stage].history[: t + 1, k], one.stages[stage].history[:, 0],
                                        atol=atol, rtol=1e-6)  # fmt: skip
     first = int(np.argmin(stage2_its))
-    assert bool(batch.info["solver"]["stage2"].converged[first])
+    assert bool(batch.stages["stage2"].solver.converged[first])
 
 
 def test_stages_stop_on_the_documented_criterion_and_warn_at_the_cap(inputs, vgg):
@@ -220,7 +224,7 @@ def test_stages_stop_on_the_documented_criterion_and_warn_at_the_cap(inputs, vgg
     warned = [w.message for w in caught if isinstance(w.message, ConvergenceWarning)]
     assert [w.method for w in warned] == ["deep_blend stage 1", "deep_blend stage 2"]
     for w, stage, cap in zip(warned, ("stage1", "stage2"), (14, 12)):
-        solver = res.info["solver"][stage]
+        solver = res.stages[stage].solver
         assert w.tol == DEFAULT_TOL and w.iterations == cap and w.samples == (0,)
         per_iteration = "relative change of the objective per iteration"
         assert w.criterion == f"{per_iteration} over the last {DEFAULT_WINDOW} iterations"
@@ -237,9 +241,9 @@ def test_stages_stop_on_the_documented_criterion_and_warn_at_the_cap(inputs, vgg
         warnings.simplefilter("error", ConvergenceWarning)
         loose = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1={"max_iter": 60}, stage2={"max_iter": 60},
                                  init=z0, tol=5e-2, tol_window=2)  # fmt: skip
-    assert bool(loose.converged[0]) and all(t < 60 for t in loose.info["iterations"])
+    assert bool(loose.converged[0]) and all(t < 60 for t in loose.stage_iterations)
     for stage in ("stage1", "stage2"):
-        h = loose.info["solver"][stage].history[:, 0]
+        h = loose.stages[stage].solver.history[:, 0]
         window = h[-3:]
         assert float((window.max() - window.min()) / (2 * h[-1].abs())) <= 5e-2
         # and not one iterate earlier (from the third on, where the window leaves out the first step)
@@ -255,13 +259,13 @@ def test_fixed_count_runs_every_iteration_and_judges_the_last(inputs, vgg):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fixed = deep_blend_solve(fg, bg, mask, stop_early=False, **kw)
-    assert fixed.info["iterations"] == (40, 40) and fixed.iterations == 80
-    assert all(t < 40 for t in early.info["iterations"])
+    assert fixed.stage_iterations == (40, 40) and fixed.solver.iterations == 80
+    assert all(t < 40 for t in early.stage_iterations)
     # same path up to where the early run stopped
-    t1 = early.info["iterations"][0]
-    torch.testing.assert_close(fixed.info["solver"]["stage1"].history[: t1 + 1], early.info["solver"]["stage1"].history)
+    t1 = early.stage_iterations[0]
+    torch.testing.assert_close(fixed.stages["stage1"].solver.history[: t1 + 1], early.stages["stage1"].solver.history)
     for stage in ("stage1", "stage2"):
-        solver = fixed.info["solver"][stage]
+        solver = fixed.stages[stage].solver
         h = solver.history[:, 0]
         window = h[-3:]
         reached = float((window.max() - window.min()) / (2 * h[-1].abs()))
@@ -269,7 +273,7 @@ def test_fixed_count_runs_every_iteration_and_judges_the_last(inputs, vgg):
         assert bool(solver.converged[0]) == (reached <= 5e-2)
     names = [w.message.method for w in caught if isinstance(w.message, ConvergenceWarning)]
     expected = [f"deep_blend stage {i}" for i, s in ((1, "stage1"), (2, "stage2"))
-                if not bool(fixed.info["solver"][s].converged[0])]  # fmt: skip
+                if not bool(fixed.stages[s].solver.converged[0])]  # fmt: skip
     assert names == expected
 
 
@@ -279,10 +283,10 @@ def test_a_diverging_stage_keeps_its_last_finite_iterate_and_warns(inputs, vgg):
     with pytest.warns(ConvergenceWarning, match="deep_blend stage 1.*non-finite") as caught:
         res = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, init=z0, lr=1e30, stage1={"max_iter": 8},
                                stage2={"max_iter": 2})  # fmt: skip
-    solver = res.info["solver"]["stage1"]
+    solver = res.stages["stage1"].solver
     assert solver.info["diverged"].tolist() == [True] and torch.isnan(solver.reached[0])
     assert not bool(res.converged[0])
-    assert torch.isfinite(res.solution).all() and torch.isfinite(res.info["history"]["stage1"]).all()
+    assert torch.isfinite(res.image).all() and torch.isfinite(res.stages["stage1"].history).all()
     assert any(isinstance(w.message, ConvergenceWarning) and w.message.method == "deep_blend stage 1" for w in caught)
 
 
@@ -291,15 +295,15 @@ def test_inputs_that_require_grad_are_refused(inputs, which):
     fg, bg, mask = (t.clone() for t in inputs)
     args = {"fg": fg, "bg": bg, "mask": mask, "init": torch.rand(1, 3, H, W)}
     args[which].requires_grad_(True)
-    message = f"deep_image_blend is not differentiable with respect to its inputs: {which} requires grad"
+    message = f"deep_blend is not differentiable with respect to its inputs: {which} requires grad"
     with pytest.raises(ValueError, match=message):
-        deep_image_blend(args["fg"], args["bg"], args["mask"], init=args["init"], vgg_weights="random", stage1=FEW,
-                         stage2=FEW)  # fmt: skip
+        deep_blend(args["fg"], args["bg"], args["mask"], init=args["init"], vgg_weights="random", stage1=FEW,
+                   stage2=FEW)  # fmt: skip
     with pytest.raises(ValueError, match=message):
         deep_blend_solve(args["fg"], args["bg"], args["mask"], init=args["init"], vgg_weights="random")
     with torch.no_grad():  # no graph is asked for: accepted
-        out = deep_image_blend(args["fg"], args["bg"], args["mask"], init=args["init"], vgg_weights="random",
-                               stage1=FEW, stage2=FEW)  # fmt: skip
+        out = deep_blend(args["fg"], args["bg"], args["mask"], init=args["init"], vgg_weights="random",
+                         stage1=FEW, stage2=FEW)  # fmt: skip
     assert out.shape == bg.shape and not out.requires_grad
 
 
@@ -308,23 +312,23 @@ def test_single_stage_is_stage_one_alone(inputs, vgg):
     z0 = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     one = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, init=z0, stage1={"max_iter": 5}, stages=1)
     two = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, init=z0, stage1={"max_iter": 5}, stage2=FEW)
-    assert torch.equal(one.solution, one.info["stage1"]) and torch.equal(one.solution, two.info["stage1"])
-    assert set(one.info["history"]) == {"stage1"} and one.info["iterations"] == (5,) and one.iterations == 5
-    assert not torch.equal(two.solution, two.info["stage1"])
+    assert torch.equal(one.image, one.stage1_image) and torch.equal(one.image, two.stage1_image)
+    assert set(one.stages) == {"stage1"} and one.stage_iterations == (5,) and one.solver.iterations == 5
+    assert not torch.equal(two.image, two.stage1_image)
 
 
 def test_stage2_content_is_measured_against_the_stage1_result(inputs, vgg):
     fg, bg, mask = inputs
     gen = torch.Generator().manual_seed(2)
     res = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1=FEW, stage2={"max_iter": 4}, generator=gen)
-    content = res.info["terms"]["stage2"]["content"][:, 0]
+    content = res.stages["stage2"].terms["content"][:, 0]
     # stage 2 starts at the stage-1 blend, so its content loss starts at zero and grows as the style moves away
     # (comparing the image with itself, the reference code's bug, would keep it at zero throughout)
     assert content[0].item() == 0.0
     assert content[-1].item() > 0.0
-    target = vgg(res.info["stage1"], ["conv2_2"])
-    final = vgg(res.solution, ["conv2_2"])
-    torch.testing.assert_close(ContentLoss()(final, target), res.info["terms"]["stage2"]["content"][-1])
+    target = vgg(res.stage1_image, ["conv2_2"])
+    final = vgg(res.image, ["conv2_2"])
+    torch.testing.assert_close(ContentLoss()(final, target), res.stages["stage2"].terms["content"][-1])
 
 
 def test_background_is_kept_outside_a_binary_mask_with_offset(vgg):
@@ -333,7 +337,7 @@ def test_background_is_kept_outside_a_binary_mask_with_offset(vgg):
     mask = torch.zeros(1, 1, 12, 10)
     mask[..., 2:10, 2:8] = 1
     gen = torch.Generator().manual_seed(1)
-    out = deep_image_blend(fg, bg, mask, offset=(3, 11), vgg_weights=vgg, stage1=FEW, stage2=FEW, generator=gen)
+    out = deep_blend(fg, bg, mask, offset=(3, 11), vgg_weights=vgg, stage1=FEW, stage2=FEW, generator=gen)
     assert out.shape == bg.shape
     _, canvas_mask = place_source(fg, mask, bg, offset=(3, 11))
     outside = (canvas_mask == 0).expand_as(bg)
@@ -359,10 +363,10 @@ def test_poisson_only_stage_converges_to_perez_solution():
                                tol=1e-14)  # fmt: skip
     expected = np.stack([perez_reference(fg[0, c].numpy(), bg[0, c].numpy(), region) for c in range(3)])
     assert expected.min() > 0 and expected.max() < 1
-    got = res.info["stage1"][0].numpy()
+    got = res.stage1_image[0].numpy()
     assert np.abs(got - expected).max() < 1e-5
-    assert res.info["terms"]["stage1"]["grad"][-1, 0] < 1e-10
-    assert res.iterations <= 150
+    assert res.stages["stage1"].terms["grad"][-1, 0] < 1e-10
+    assert res.solver.iterations <= 150
 
 
 def test_batches_noise_seed_and_init_choices(inputs, vgg):
@@ -373,7 +377,7 @@ def test_batches_noise_seed_and_init_choices(inputs, vgg):
     def run(seed, **kw):
         gen = torch.Generator().manual_seed(seed)
         kw = {"stage1": FEW, "stage2": FEW, **kw}
-        return deep_image_blend(fg2, bg2, mask2, vgg_weights=vgg, generator=gen, **kw)
+        return deep_blend(fg2, bg2, mask2, vgg_weights=vgg, generator=gen, **kw)
 
     a, b, c = run(0), run(0), run(1)
     assert a.shape == (2, 3, H, W)
@@ -394,13 +398,14 @@ def test_frames_and_stage_overrides(inputs, vgg):
         stage2=StageConfig(2, 0, 1, 1e8, 0, 0),
         frames=3,
     )
-    frames = res.info["frames"]
+    frames = {name: stage.frames for name, stage in res.stages.items()}
     assert frames["stage1"].shape == (3, 1, 3, H, W) and frames["stage2"].shape == (3, 1, 3, H, W)
-    torch.testing.assert_close(frames["stage1"][-1], res.info["stage1"])  # last snapshot: the stage's result
-    torch.testing.assert_close(frames["stage2"][0], res.info["stage1"])  # stage 2 starts from it
-    assert set(res.info["terms"]["stage1"]) == {"grad", "content", "style", "tv"}
-    assert set(res.info["terms"]["stage2"]) == {"content", "style"}
-    assert deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1=FEW, stage2=FEW).info["frames"] == {}
+    torch.testing.assert_close(frames["stage1"][-1], res.stage1_image)  # last snapshot: the stage's result
+    torch.testing.assert_close(frames["stage2"][0], res.stage1_image)  # stage 2 starts from it
+    assert set(res.stages["stage1"].terms) == {"grad", "content", "style", "tv"}
+    assert set(res.stages["stage2"].terms) == {"content", "style"}
+    plain = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1=FEW, stage2=FEW)
+    assert all(stage.frames is None for stage in plain.stages.values())
 
 
 def test_frames_sample_the_planned_iterations_and_pad_after_an_early_stop(inputs, vgg):
@@ -408,30 +413,30 @@ def test_frames_sample_the_planned_iterations_and_pad_after_an_early_stop(inputs
     z0 = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(3))
     kw = dict(vgg_weights=vgg, init=z0, stop_early=False, stages=1)
     res = deep_blend_solve(fg, bg, mask, stage1={"max_iter": 6}, frames=3, **kw)
-    frames = res.info["frames"]["stage1"]  # iterations 0, 3 and the result (6)
+    frames = res.stages["stage1"].frames  # iterations 0, 3 and the result (6)
     assert frames.shape == (3, 1, 3, H, W)
     torch.testing.assert_close(frames[0], z0 * mask + bg * (1 - mask), atol=0, rtol=0)
     three = deep_blend_solve(fg, bg, mask, stage1={"max_iter": 3}, **kw)  # the same path, stopped at iterate 3
-    torch.testing.assert_close(frames[1], three.solution, atol=1e-6, rtol=0)
-    torch.testing.assert_close(frames[2], res.solution, atol=0, rtol=0)
+    torch.testing.assert_close(frames[1], three.image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frames[2], res.image, atol=0, rtol=0)
     # a stage that stops early repeats its result in the frames it did not reach
     early = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, init=z0, stages=1, stage1={"max_iter": 200}, frames=5,
                              tol=5e-2, tol_window=2)  # fmt: skip
-    stopped = early.info["iterations"][0]
+    stopped = early.stage_iterations[0]
     assert stopped < 50  # planned snapshots at 0, 50, 100, 150, 200: only the first is reached
-    frames = early.info["frames"]["stage1"]
+    frames = early.stages["stage1"].frames
     assert frames.shape == (5, 1, 3, H, W)
     torch.testing.assert_close(frames[0], z0 * mask + bg * (1 - mask), atol=0, rtol=0)
     for k in range(1, 5):
-        torch.testing.assert_close(frames[k], early.solution, atol=0, rtol=0)
+        torch.testing.assert_close(frames[k], early.image, atol=0, rtol=0)
 
 
 def test_clamp_keeps_every_iterate_in_range(inputs, vgg):
     fg, bg, mask = inputs
     z0 = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     kw = dict(vgg_weights=vgg, init=z0, stages=1, stage1={"max_iter": 12}, stop_early=False)
-    free = deep_blend_solve(fg, bg, mask, **kw).info["solver"]["stage1"].solution
-    boxed = deep_blend_solve(fg, bg, mask, clamp=True, **kw).info["solver"]["stage1"].solution
+    free = deep_blend_solve(fg, bg, mask, **kw).stages["stage1"].solver.solution
+    boxed = deep_blend_solve(fg, bg, mask, clamp=True, **kw).stages["stage1"].solver.solution
     assert float(free.min()) < 0 or float(free.max()) > 1  # the unconstrained descent leaves [0, 1] ...
     assert float(boxed.min()) >= 0 and float(boxed.max()) <= 1  # ... the clamped one never does
 
@@ -443,10 +448,10 @@ def test_the_blend_converges_only_when_both_stages_do(inputs, vgg):
         res = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, init=z0, stage1={"max_iter": 200}, stage2={"max_iter": 4},
                                tol=5e-2, tol_window=2)  # fmt: skip
     assert [w.message.method for w in caught if isinstance(w.message, ConvergenceWarning)] == ["deep_blend stage 2"]
-    s1, s2 = res.info["solver"]["stage1"], res.info["solver"]["stage2"]
+    s1, s2 = res.stages["stage1"].solver, res.stages["stage2"].solver
     assert bool(s1.converged[0]) and not bool(s2.converged[0]) and not bool(res.converged[0])
-    assert float(res.reached[0]) == max(float(s1.reached[0]), float(s2.reached[0])) == float(s2.reached[0])
-    assert res.tol == 5e-2 and "over the last 2 iterations" in res.criterion
+    assert float(res.solver.reached[0]) == max(float(s1.reached[0]), float(s2.reached[0])) == float(s2.reached[0])
+    assert res.solver.tol == 5e-2 and "over the last 2 iterations" in res.solver.criterion
 
 
 def test_paper_defaults_and_config_follow_the_paper():
@@ -458,7 +463,7 @@ def test_paper_defaults_and_config_follow_the_paper():
     assert StageConfig(**{k: float(v) if k != "max_iter" else v for k, v in cfg["stage2"].items()}) == STAGE2_DEFAULTS
     assert cfg["tol"] == DEFAULT_TOL == 1e-5 and cfg["tol_window"] == DEFAULT_WINDOW == 10
     assert cfg["stop_early"] is True and cfg["stages"] == 2
-    assert get_method("deep_blend") is deep_blend
+    assert get_method("deep_blend") is deep_blend_cli
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -467,9 +472,9 @@ def test_paper_defaults_and_config_follow_the_paper():
 def test_missing_weights_error(inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="VGG16 ImageNet weights not found.*vgg_weights=PATH"):
-        deep_image_blend(*inputs)
+        deep_blend(*inputs)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        deep_image_blend(*inputs, vgg_weights=tmp_path / "nowhere.pth")
+        deep_blend(*inputs, vgg_weights=tmp_path / "nowhere.pth")
 
 
 @pytest.mark.parametrize(
@@ -517,22 +522,99 @@ def test_bad_input_errors(inputs, case, kwargs, error, fragment):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# The result, the module, and the module in a training step
+# ----------------------------------------------------------------------------------------------------------
+def _pair():
+    fg = torch.cat([_photo("astronaut", H, W), _photo("chelsea", H, W)])
+    bg = torch.cat([_photo("coffee", H, W), _photo("astronaut", H, W)])
+    mask = torch.zeros(2, 1, H, W)
+    mask[0, :, 4:12, 5:15] = 1
+    mask[1, :, 3:13, 2:11] = 1
+    return fg, bg, mask
+
+
+def test_module_function_and_solve_agree_for_the_same_options_and_seed():
+    fg, bg, mask = _pair()
+    # history_size=2 binds within 4 iterations: a module that dropped it would differ
+    options = dict(stage1={"max_iter": 4, "hist": 0.0}, stage2={"max_iter": 3}, tol_window=3, history_size=2)
+    layer = DeepBlend(vgg_weights="random", generator=torch.Generator().manual_seed(4), **options)
+    assert isinstance(layer.vgg, VGG16Features) and not any(p.requires_grad for p in layer.parameters())
+    assert "stages=2" in repr(layer) and "tol_window=3" in repr(layer)
+    per_call = {"fg", "bg", "mask", "vgg_weights", "generator", "frames", "progress"}  # held apart, or not a layer's
+    assert set(layer.options) == set(inspect.signature(deep_blend_solve).parameters) - per_call
+    with torch.no_grad():
+        out = layer(fg, bg, mask)
+    expected = deep_blend(fg, bg, mask, vgg_weights="random", generator=torch.Generator().manual_seed(4), **options)
+    res = deep_blend_solve(fg, bg, mask, vgg_weights=layer.vgg, generator=torch.Generator().manual_seed(4), **options)
+    assert torch.equal(out, expected) and torch.equal(res.image, expected)
+    # the generator is the module's: a second call draws a new start
+    with torch.no_grad():
+        assert not torch.equal(layer(fg, bg, mask), out)
+    # the result: the contract's fields, the stages' records, and the solver's info holding the same objects
+    assert isinstance(res, DeepBlendResult) and isinstance(res, MethodResult)
+    assert res.solver.solution is res.image and torch.equal(res.converged, res.solver.converged)
+    assert res.stage_iterations == (4, 3) and res.solver.iterations == 7
+    info = res.solver.info
+    assert info["stage1"] is res.stage1_image and info["iterations"] == res.stage_iterations
+    for name, stage in res.stages.items():
+        assert info["history"][name] is stage.history and info["terms"][name] is stage.terms
+        assert info["solver"][name] is stage.solver
+    torch.testing.assert_close(res.stage1_image, res.stages["stage1"].solution * mask + bg * (1 - mask))
+    # a given extractor is held, not copied; the options are checked when the module is built
+    assert DeepBlend(vgg_weights=layer.vgg).vgg is layer.vgg
+    with pytest.raises(ValueError, match="unknown key"):
+        DeepBlend(vgg_weights=layer.vgg, stage1={"iters": 3})
+    with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+        DeepBlend(vgg_weights=layer.vgg, tol=0.0)
+    with pytest.raises(TypeError, match="generator"):
+        DeepBlend(vgg_weights=layer.vgg, generator=0)
+
+
+def test_module_as_a_no_grad_augmentation_in_a_training_step():
+    # Deep Image Blending cannot be differentiated, so as a layer it synthesises training inputs: the blend of
+    # a source into a background, made under no_grad, is what a small network learns from (here: to find the
+    # pasted region). The network's parameters get gradients and change; the blend's frozen VGG gets none.
+    fg, bg, mask = _pair()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 3, padding=1))
+    augment = DeepBlend(vgg_weights="random", stage1={"max_iter": 2}, stage2={"max_iter": 1},
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    before = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        blended = augment(fg, bg, mask)
+    assert blended.shape == bg.shape and not blended.requires_grad
+    loss = F.binary_cross_entropy_with_logits(net(blended), mask)
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.parameters())
+    assert all(p.grad is None for p in augment.parameters())
+    opt.step()
+    assert all(not torch.equal(p, q) for p, q in zip(before, net.parameters()))
+    with torch.no_grad():
+        assert F.binary_cross_entropy_with_logits(net(blended), mask) < loss  # the step helped on this batch
+    # with grad mode on, an input that asks for a gradient is refused with the one clear error
+    with pytest.raises(ValueError, match="deep_blend is not differentiable"):
+        augment(fg.clone().requires_grad_(True), bg, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The registered adapter and the command line
 # ----------------------------------------------------------------------------------------------------------
 def test_adapter_output(inputs):
     fg, bg, mask = inputs
     few = {"max_iter": 2}
-    out = deep_blend(fg, bg, mask, vgg_weights="random", stage1=few, stage2=few, save_intermediate=True,
-                     intermediate_frames=3, progress=False)  # fmt: skip
+    out = deep_blend_cli(fg, bg, mask, vgg_weights="random", stage1=few, stage2=few, save_intermediate=True,
+                         intermediate_frames=3, progress=False)  # fmt: skip
     assert isinstance(out, MethodOutput)
     assert set(out.frames) == {"stage1", "stage2"} and out.frames["stage1"].shape == (3, 1, 3, H, W)
     assert set(out.curves["loss"]) == {"stage 1", "stage 2"} and len(out.curves["loss"]["stage 1"]) == 3
-    plain = deep_blend(fg, bg, mask, vgg_weights="random", stage1=few, stage2=few, progress=False)
+    plain = deep_blend_cli(fg, bg, mask, vgg_weights="random", stage1=few, stage2=few, progress=False)
     assert plain.frames == {} and torch.equal(plain.result, out.result)
     with pytest.raises(ValueError, match="intermediate_frames"):
-        deep_blend(fg, bg, mask, vgg_weights="random", intermediate_frames=1)
-    single = deep_blend(fg, bg, mask, vgg_weights="random", stage1=few, stages=1, save_intermediate=True,
-                        intermediate_frames=3, progress=False)  # fmt: skip
+        deep_blend_cli(fg, bg, mask, vgg_weights="random", intermediate_frames=1)
+    single = deep_blend_cli(fg, bg, mask, vgg_weights="random", stage1=few, stages=1, save_intermediate=True,
+                            intermediate_frames=3, progress=False)  # fmt: skip
     assert set(single.curves["loss"]) == {"stage 1"} and set(single.frames) == {"stage1"}
     torch.testing.assert_close(single.result, out.frames["stage1"][-1])
 
@@ -610,8 +692,8 @@ def test_cuda_mixed_precision_close_to_full_precision(inputs):
         runs[amp] = deep_blend_solve(fg, bg, mask, vgg_weights=vgg, stage1={"max_iter": 30}, stop_early=False,
                                      stage2={"max_iter": 30}, generator=gen, mixed_precision=amp)  # fmt: skip
     for amp, res in runs.items():
-        h1 = res.info["history"]["stage1"][:, 0]
+        h1 = res.stages["stage1"].history[:, 0]
         assert h1[-1] < 0.5 * h1[0], amp
-    full, half = runs[False].solution, runs[True].solution
+    full, half = runs[False].image, runs[True].image
     assert (full - half).abs().mean() < 0.05
     assert torch.equal(half[(mask == 0).expand_as(half)], bg[(mask == 0).expand_as(bg)])

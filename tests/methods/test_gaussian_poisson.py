@@ -3,7 +3,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from fusion.methods import gaussian_poisson_blend, gaussian_poisson_solve, get_method, place_source
+from fusion.methods import gaussian_poisson_blend, gaussian_poisson_level, get_method, place_source
 from fusion.methods.gaussian_poisson import default_levels
 from tests.reference import gaussian_poisson_dense, gaussian_poisson_pyramid_reference
 
@@ -24,7 +24,7 @@ def test_closed_form_matches_dense_least_squares(beta, sigma, gen):
     h, w = 7, 10
     fg, bg, color = (torch.rand(1, 1, h, w, generator=gen, dtype=torch.float64) for _ in range(3))
     mask = (torch.rand(1, 1, h, w, generator=gen) > 0.5).double()
-    got = gaussian_poisson_solve(fg, bg, mask, color, beta=beta, sigma=sigma)
+    got = gaussian_poisson_level(fg, bg, mask, color, beta=beta, sigma=sigma)
     ref = gaussian_poisson_dense(
         fg[0, 0].numpy(), bg[0, 0].numpy(), mask[0, 0].numpy(), color[0, 0].numpy(), beta, sigma
     )
@@ -35,7 +35,7 @@ def test_gradcheck(gen):
     args = [torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     mask = (torch.rand(1, 1, 5, 6, generator=gen) > 0.5).double()
     assert torch.autograd.gradcheck(
-        lambda f, b, c: gaussian_poisson_solve(f, b, mask, c, beta=1.0, sigma=0.5), tuple(args)
+        lambda f, b, c: gaussian_poisson_level(f, b, mask, c, beta=1.0, sigma=0.5), tuple(args)
     )
 
 
@@ -161,7 +161,9 @@ def test_errors_and_registry():
         gaussian_poisson_blend(fg, bg, mask, levels=6)
     with pytest.raises(ValueError, match="color must have 3"):
         gaussian_poisson_blend(fg, bg, mask, color=torch.rand(1, 1, 4, 4))
-    assert get_method("gaussian_poisson") is gaussian_poisson_blend
+    cli = get_method("gaussian_poisson")
+    assert cli.__name__ == "gaussian_poisson_cli"
+    assert torch.equal(cli(fg, bg, mask, beta=0.5).result, gaussian_poisson_blend(fg, bg, mask, beta=0.5))
 
 
 def test_thin_images_get_a_shallower_pyramid() -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from skimage import data
 
 from fusion import ConvergenceWarning
-from fusion.methods.ot import OTResult, ot, ot_interpolate
+from fusion.methods.ot import OTResult, ot_cli, ot_solve
 from fusion.methods.registry import MethodOutput, method_spec
 from fusion.ops.filters import resize
 from fusion.ops.staggered import (
@@ -138,7 +138,7 @@ def test_translated_bump_moves_linearly_with_cost_half_shift_squared():
     f0 = _bump(xx, yy, 0.35, 0.4) + eps
     f1 = _bump(xx, yy, 0.35 + shift[0], 0.4 + shift[1]) + eps
     f1 = f1 * f0.sum() / f1.sum()
-    r = ot_interpolate(f0[None, None], f1[None, None], steps=steps, tau=BUMP_TAU, max_iter=2000)
+    r = ot_solve(f0[None, None], f1[None, None], steps=steps, tau=BUMP_TAU, max_iter=2000)
     assert bool(r.solver.converged.all())
     assert isinstance(r, OTResult) and r.frames.shape == (steps + 1, 1, 1, n, n)
     assert r.momentum.shape == (steps, 1, 2, 1, n, n)
@@ -170,7 +170,7 @@ def test_converged_cost_is_half_mass_times_shift_squared_at_each_resolution():
         f0 = _bump(xx, yy, 0.4, 0.4, 0.1)
         f1 = _bump(xx, yy, 0.6, 0.6, 0.1)
         f0, f1 = f0 + 1e-4, f1 * f0.sum() / f1.sum() + 1e-4
-        r = ot_interpolate(f0[None, None], f1[None, None], steps=steps, tau=BUMP_TAU, max_iter=8000, tol=1e-6)
+        r = ot_solve(f0[None, None], f1[None, None], steps=steps, tau=BUMP_TAU, max_iter=8000, tol=1e-6)
         assert bool(r.solver.converged.all()), n
         expected = ((f0 - 1e-4).sum() / n**2) * 0.08 / 2
         assert r.cost.item() == pytest.approx(expected.item(), rel=5e-3), n
@@ -182,7 +182,7 @@ def test_one_dimensional_transport_is_the_monotone_rearrangement(n, steps, cdf_t
     a, b = _profiles(n)
     f0 = torch.tensor(a).view(1, 1, 1, n).expand(1, 1, 2, n).contiguous()
     f1 = torch.tensor(b).view(1, 1, 1, n).expand(1, 1, 2, n).contiguous()
-    r = ot_interpolate(f0, f1, steps=steps, tol=1e-6, max_iter=4000)
+    r = ot_solve(f0, f1, steps=steps, tol=1e-6, max_iter=4000)
     assert bool(r.solver.converged.all())
     edges = np.linspace(0, 1, n + 1)
     for k in range(steps + 1):
@@ -205,8 +205,8 @@ def test_time_reversal_reverses_the_frames():
     f1 = f1 * f0.sum() / f1.sum()
     for kw in (dict(), dict(model="penalized", color_bc="mirror")):
         with _quiet():
-            fwd = ot_interpolate(f0, f1, steps=5, max_iter=120, tol=1e-14, **kw)
-            bwd = ot_interpolate(f1, f0, steps=5, max_iter=120, tol=1e-14, **kw)
+            fwd = ot_solve(f0, f1, steps=5, max_iter=120, tol=1e-14, **kw)
+            bwd = ot_solve(f1, f0, steps=5, max_iter=120, tol=1e-14, **kw)
         assert torch.allclose(bwd.frames, fwd.frames.flip(0), atol=1e-10)
         assert torch.allclose(bwd.momentum, -fwd.momentum.flip(0), atol=1e-10)
         assert bwd.cost.item() == pytest.approx(fwd.cost.item(), rel=1e-10)
@@ -219,7 +219,7 @@ def test_constrained_keeps_mass_in_every_slice(dtype):
     f1 = resize(img2, (10, 12)).clamp_min(0) + 0.01
     f1 = f1 * f0.sum() / f1.sum()
     with _quiet():
-        r = ot_interpolate(f0, f1, steps=6, max_iter=150)
+        r = ot_solve(f0, f1, steps=6, max_iter=150)
     mass = r.frames.flatten(2).sum(2)
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.allclose(mass, mass[0].expand_as(mass), rtol=rtol)
@@ -233,7 +233,7 @@ def test_constrained_keeps_mass_in_every_slice(dtype):
 def _red_to_blue(color_bc):
     f0 = torch.full((1, 3, 4, 4), 0.01, dtype=torch.float64)
     f0[:, 0] = 1
-    r = ot_interpolate(f0, f0.flip(1), steps=8, color_bc=color_bc, max_iter=3000)
+    r = ot_solve(f0, f0.flip(1), steps=8, color_bc=color_bc, max_iter=3000)
     assert bool(r.solver.converged.all())
     return r.frames[:, 0].mean((-2, -1))  # (T, 3) mean colour per frame
 
@@ -258,8 +258,8 @@ def test_penalized_handles_unequal_mass(dtype):
     f0 = _bump(xx, yy, 0.4, 0.4)[None, None] + 0.01
     f1 = 3 * _bump(xx, yy, 0.6, 0.6)[None, None] + 0.01
     with pytest.raises(ValueError, match="penalized"):
-        ot_interpolate(f0, f1)
-    r = ot_interpolate(f0, f1, steps=6, model="penalized", max_iter=3000)
+        ot_solve(f0, f1)
+    r = ot_solve(f0, f1, steps=6, model="penalized", max_iter=3000)
     assert bool(r.solver.converged.all())
     # the frames minimise the penalised objective with the documented default λ = 10 / mean density: its gradient
     # vanishes (up to the convergence at tol, ~1e-2 relative; float32 round-off in the iterate adds ~0.1), while a
@@ -285,9 +285,9 @@ def test_penalized_tends_to_constrained_for_large_lambda():
     f0 = _bump(xx, yy, 0.35, 0.4, 0.1)[None, None] + 0.01
     f1 = _bump(xx, yy, 0.6, 0.6, 0.1)[None, None] + 0.01
     f1 = f1 * f0.sum() / f1.sum()
-    c = ot_interpolate(f0, f1, steps=6, tau=BUMP_TAU, max_iter=3000)
-    weak = ot_interpolate(f0, f1, steps=6, model="penalized", lam=10.0, max_iter=3000)
-    strong = ot_interpolate(f0, f1, steps=6, model="penalized", lam=1000.0, max_iter=3000)
+    c = ot_solve(f0, f1, steps=6, tau=BUMP_TAU, max_iter=3000)
+    weak = ot_solve(f0, f1, steps=6, model="penalized", lam=10.0, max_iter=3000)
+    strong = ot_solve(f0, f1, steps=6, model="penalized", lam=1000.0, max_iter=3000)
     assert all(bool(r.solver.converged.all()) for r in (c, weak, strong))
     assert strong.cost.item() == pytest.approx(c.cost.item(), rel=5e-3)
     assert (strong.frames - c.frames).abs().max() < 0.03 * f0.max()
@@ -333,8 +333,8 @@ def _pairs(channels, dtype, equal_mass):
 def test_batch_equals_single_calls(channels, model, color_bc, dtype):
     f0, f1 = _pairs(channels, dtype, equal_mass=model == "constrained")
     kw = dict(steps=4, model=model, color_bc=color_bc, tol=2e-5, max_iter=3000)
-    batch = ot_interpolate(f0, f1, **kw)
-    singles = [ot_interpolate(f0[i : i + 1], f1[i : i + 1], **kw) for i in range(3)]
+    batch = ot_solve(f0, f1, **kw)
+    singles = [ot_solve(f0[i : i + 1], f1[i : i + 1], **kw) for i in range(3)]
     its = batch.solver.info["iterations"]
     # the samples stop at different iterations, each at its own (and as it would alone)
     assert len(set(its.tolist())) > 1
@@ -364,10 +364,10 @@ def test_cli_adapter_batch_equals_single_calls(dtype_name, tol):
     bg = torch.cat([bg, bg[1:].flip(-2) * 0.5])
     for model in ("constrained", "penalized"):
         kw = dict(steps=4, size=12, model=model, tol=3e-5, max_iter=3000)
-        out = ot(fg, bg, None, **kw)
+        out = ot_cli(fg, bg, None, **kw)
         lengths = set()
         for i in range(3):
-            one = ot(fg[i : i + 1], bg[i : i + 1], None, **kw)
+            one = ot_cli(fg[i : i + 1], bg[i : i + 1], None, **kw)
             assert torch.allclose(out.result[i : i + 1], one.result, atol=tol, rtol=0)
             assert torch.allclose(out.frames["frames"][:, i : i + 1], one.frames["frames"], atol=tol, rtol=0)
             lengths.add(len(one.curves["convergence"]["cost"]))
@@ -382,7 +382,7 @@ def test_cli_adapter_batch_equals_single_calls(dtype_name, tol):
 def test_stopping_at_the_cap_warns_with_criterion_and_tolerance():
     f0, f1 = _pairs(3, torch.float64, equal_mass=True)
     with pytest.warns(ConvergenceWarning) as caught:
-        r = ot_interpolate(f0, f1, steps=4, max_iter=30, tol=1e-6)
+        r = ot_solve(f0, f1, steps=4, max_iter=30, tol=1e-6)
     assert len(caught) == 1
     w = caught[0].message
     assert w.method == "ot (constrained)" and w.samples == (0, 1, 2) and w.batch == 3 and w.iterations == 30
@@ -392,7 +392,7 @@ def test_stopping_at_the_cap_warns_with_criterion_and_tolerance():
     assert torch.allclose(r.solver.reached, torch.tensor(w.reached, dtype=torch.float64))
     # the reached value is the windowed change over the last check interval, recomputed here from two runs
     with _quiet():
-        before = ot_interpolate(f0, f1, steps=4, max_iter=20, tol=1e-6)
+        before = ot_solve(f0, f1, steps=4, max_iter=20, tol=1e-6)
     pairs = zip(r.solver.solution, before.solver.solution)
     step = torch.cat([(a - b).flatten(1) for a, b in pairs if a is not None], 1)
     norm = torch.cat([a.flatten(1) for a in r.solver.solution if a is not None], 1)
@@ -405,7 +405,7 @@ def test_only_the_unconverged_sample_is_named():
     hard[:, :, :2] = 1
     f0[1], f1[1] = hard, hard.flip(-1) * 3
     with pytest.warns(ConvergenceWarning) as caught:
-        r = ot_interpolate(f0, f1, steps=4, model="penalized", max_iter=400, tol=3e-5)
+        r = ot_solve(f0, f1, steps=4, model="penalized", max_iter=400, tol=3e-5)
     assert caught[0].message.samples == (1,) and caught[0].message.method == "ot (penalized)"
     assert r.solver.converged.tolist() == [True, False, True]
     assert r.solver.info["iterations"][1].item() == 400 > max(r.solver.info["iterations"][[0, 2]].tolist())
@@ -415,7 +415,7 @@ def test_converged_run_is_silent_and_meets_both_tests():
     f0, f1 = _pairs(3, torch.float64, equal_mass=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        r = ot_interpolate(f0, f1, steps=4, tol=1e-5, max_iter=3000)
+        r = ot_solve(f0, f1, steps=4, tol=1e-5, max_iter=3000)
     assert bool(r.solver.converged.all()) and (r.solver.reached < 1e-5).all()
     assert (r.solver.info["residual_history"][-1] < 1e-12).all()
 
@@ -425,8 +425,8 @@ def test_float32_reaches_the_tolerance_of_float64():
     a = resize(torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255, (24, 24)) + 0.01
     b = resize(torch.from_numpy(data.rocket()).permute(2, 0, 1)[None].float() / 255, (24, 24)).clamp_min(0) + 0.01
     b = b * a.sum() / b.sum()
-    r32 = ot_interpolate(a, b, steps=8, tol=1e-5, max_iter=3000)
-    r64 = ot_interpolate(a.double(), b.double(), steps=8, tol=1e-5, max_iter=3000)
+    r32 = ot_solve(a, b, steps=8, tol=1e-5, max_iter=3000)
+    r64 = ot_solve(a.double(), b.double(), steps=8, tol=1e-5, max_iter=3000)
     assert bool(r32.solver.converged.all()) and bool(r64.solver.converged.all())
     assert abs(r32.solver.iterations - r64.solver.iterations) <= 50
     assert (r32.frames.double() - r64.frames).abs().max() < 1e-4
@@ -436,9 +436,9 @@ def test_float32_reaches_the_tolerance_of_float64():
 def test_bad_max_iter(max_iter):
     f = torch.rand(1, 3, 4, 4) + 0.1
     with pytest.raises(ValueError, match="max_iter"):
-        ot_interpolate(f, f, max_iter=max_iter)
+        ot_solve(f, f, max_iter=max_iter)
     with pytest.raises(ValueError, match="max_iter"):
-        ot(f, f, None, max_iter=max_iter)
+        ot_cli(f, f, None, max_iter=max_iter)
 
 
 @pytest.mark.parametrize(
@@ -457,22 +457,22 @@ def test_bad_max_iter(max_iter):
 def test_bad_parameters(kwargs, match):
     f = torch.rand(1, 3, 4, 4) + 0.1
     with pytest.raises(ValueError, match=match):
-        ot_interpolate(f, f, **kwargs)
+        ot_solve(f, f, **kwargs)
 
 
 def test_bad_inputs():
     f = torch.rand(1, 3, 4, 4) + 0.1
     with pytest.raises(ValueError, match="non-negative"):
-        ot_interpolate(f - 1, f)
+        ot_solve(f - 1, f)
     with pytest.raises(ValueError, match="zero total mass"):
-        ot_interpolate(torch.zeros_like(f), f, model="penalized")
+        ot_solve(torch.zeros_like(f), f, model="penalized")
     with pytest.raises(ValueError, match="f0"):
-        ot_interpolate(f, f[:, :1])
+        ot_solve(f, f[:, :1])
     with pytest.raises(TypeError):
-        ot_interpolate(f.int(), f)
+        ot_solve(f.int(), f)
     for kw, match in ((dict(size=1), "size"), (dict(floor=-0.1), "floor"), (dict(tau=-1.0), "tau")):
         with pytest.raises(ValueError, match=match):
-            ot(f, f, None, **kw)
+            ot_cli(f, f, None, **kw)
 
 
 def test_constrained_mass_check_is_at_one_in_a_thousand():
@@ -481,9 +481,9 @@ def test_constrained_mass_check_is_at_one_in_a_thousand():
     f1 = _photo("coffee", 150, 300, 4, 5) + 0.05
     f1 = f1 * f0.sum() / f1.sum()
     with pytest.raises(ValueError, match="different total mass"):
-        ot_interpolate(f0, f1 * 1.003, steps=2, max_iter=1)
+        ot_solve(f0, f1 * 1.003, steps=2, max_iter=1)
     with _quiet():
-        r = ot_interpolate(f0, f1 * 1.0003, steps=2, max_iter=1)
+        r = ot_solve(f0, f1 * 1.0003, steps=2, max_iter=1)
     assert r.frames.shape[0] == 3
 
 
@@ -500,11 +500,11 @@ def test_step_penalty_and_relaxation_have_the_documented_units(model):
     step = 0.7 * mean * (7 if model == "constrained" else 1)
     kw = dict(max_iter=25, tol=1e-14, relaxation=1.3)
     with _quiet():
-        r = ot_interpolate(f0, f1, steps=3, model=model, tau=0.7, **kw)
+        r = ot_solve(f0, f1, steps=3, model=model, tau=0.7, **kw)
     ref = ot_primal_dual(f0, f1, StaggeredGrid(3, 3, 4, 7), model=model, lam=10 / mean, tau=step, **kw)
     assert torch.allclose(r.frames[1:-1].transpose(0, 1), ref.solution.f, rtol=0, atol=1e-12)
     with _quiet():
-        r = ot_interpolate(f0, f1, steps=3, model=model, tau=0.7, lam=4.0, **kw)
+        r = ot_solve(f0, f1, steps=3, model=model, tau=0.7, lam=4.0, **kw)
     ref = ot_primal_dual(f0, f1, StaggeredGrid(3, 3, 4, 7), model=model, lam=4.0, tau=step, **kw)
     assert torch.allclose(r.frames[1:-1].transpose(0, 1), ref.solution.f, rtol=0, atol=1e-12)
 
@@ -540,7 +540,7 @@ def test_ot_interpolate_gradcheck(channels, kw):
     inputs = (f0.requires_grad_(), f1.requires_grad_())
 
     def fn(a, b):
-        r = ot_interpolate(a, b, steps=2, max_iter=8, tol=1e-12, **kw)
+        r = ot_solve(a, b, steps=2, max_iter=8, tol=1e-12, **kw)
         return r.frames[1:-1], r.momentum, r.cost
 
     _gradcheck(fn, inputs)
@@ -551,7 +551,7 @@ def test_cli_adapter_gradcheck():
     bg = (0.9 * _photo("coffee", 150, 300, 4, 5)).requires_grad_()
 
     def fn(a, b):
-        out = ot(a, b, None, steps=2, max_iter=8, tol=1e-12, size=None)
+        out = ot_cli(a, b, None, steps=2, max_iter=8, tol=1e-12, size=None)
         return out.result, out.frames["frames"][1:-1]
 
     _gradcheck(fn, (fg, bg))
@@ -564,12 +564,12 @@ def test_gradient_reaches_inputs_through_a_loss():
     f1 = (_bump(xx, yy, 0.65, 0.5, 0.12) + 0.05)[None, None]
     f1 = (f1 * f0.sum() / f1.sum()).requires_grad_()
     with _quiet():
-        r = ot_interpolate(f0, f1, steps=4, max_iter=200)
+        r = ot_solve(f0, f1, steps=4, max_iter=200)
     (g,) = torch.autograd.grad(r.cost.sum(), f1)
     step = 1e-2 / g.abs().max()
     moved = (f1 - step * (g - g.mean())).detach()
     with _quiet():
-        lower = ot_interpolate(f0, moved, steps=4, max_iter=200)
+        lower = ot_solve(f0, moved, steps=4, max_iter=200)
     assert lower.cost.item() < r.cost.item()
 
 
@@ -580,7 +580,7 @@ def test_gradient_reaches_inputs_through_a_loss():
 
 def test_cli_adapter_is_registered_without_mask():
     assert method_spec("ot").needs_mask is False
-    assert method_spec("ot").fn is ot
+    assert method_spec("ot").fn is ot_cli
 
 
 def test_cli_adapter_midpoint_is_the_monotone_rearrangement():
@@ -591,7 +591,7 @@ def test_cli_adapter_midpoint_is_the_monotone_rearrangement():
     a, b = _profiles(n)
     fg = torch.tensor(a).view(1, 1, 1, n).expand(1, 3, 2, n).contiguous()
     bg = 0.7 * torch.tensor(b).view(1, 1, 1, n).expand(1, 3, 2, n).contiguous()
-    out = ot(fg, bg, None, steps=8, size=None, floor=0.0, tol=1e-6, max_iter=4000)
+    out = ot_cli(fg, bg, None, steps=8, size=None, floor=0.0, tol=1e-6, max_iter=4000)
     assert isinstance(out, MethodOutput) and out.result.shape == fg.shape
     mid = out.result[0]
     assert torch.allclose(mid, mid[:1].expand_as(mid), atol=1e-9)  # equal channels stay equal (no colour flow)
@@ -611,8 +611,8 @@ def test_scaling_both_images_scales_the_frames(model):
     f0, f1 = _pairs(3, torch.float64, equal_mass=model == "constrained")
     kw = dict(steps=4, model=model, max_iter=60, tol=1e-14)
     with _quiet():
-        base = ot_interpolate(f0, f1, **kw)
-        scaled = ot_interpolate(4.0 * f0, 4.0 * f1, **kw)
+        base = ot_solve(f0, f1, **kw)
+        scaled = ot_solve(4.0 * f0, 4.0 * f1, **kw)
     assert torch.allclose(scaled.frames, 4.0 * base.frames, rtol=1e-9, atol=1e-12)
     assert torch.allclose(scaled.cost, 4.0 * base.cost, rtol=1e-9)
 
@@ -622,8 +622,8 @@ def test_cli_adapter_values():
     bg = 0.5 * _photo("coffee", 100, 200, 20, 30)
     steps, floor = 4, 1e-3
     with _quiet():
-        out = ot(fg, bg, None, steps=steps, max_iter=60, size=12, floor=floor, tol=1e-14)
-        rev = ot(bg, fg, None, steps=steps, max_iter=60, size=12, floor=floor, tol=1e-14)
+        out = ot_cli(fg, bg, None, steps=steps, max_iter=60, size=12, floor=floor, tol=1e-14)
+        rev = ot_cli(bg, fg, None, steps=steps, max_iter=60, size=12, floor=floor, tol=1e-14)
     frames = out.frames["frames"]
     assert frames.shape == (steps + 1, 1, 3, 8, 12)
     # end frames are the downscaled inputs (normalisation and floor undone)
@@ -652,8 +652,8 @@ def test_cli_adapter_penalized_transports_the_images_as_they_are():
     bg = 0.4 * _photo("coffee", 100, 200, 6, 7)
     floor, kw = 0.02, dict(steps=3, model="penalized", max_iter=30, tol=1e-14)
     with _quiet():
-        out = ot(fg, bg, None, size=None, floor=floor, **kw)
-        ref = ot_interpolate(fg + floor, bg + floor, **kw)
+        out = ot_cli(fg, bg, None, size=None, floor=floor, **kw)
+        ref = ot_solve(fg + floor, bg + floor, **kw)
     assert torch.allclose(out.frames["frames"], (ref.frames - floor).clamp(0, 1), rtol=0, atol=1e-12)
     assert torch.allclose(out.curves["convergence"]["cost"][-1], ref.cost[0], rtol=1e-12)
 
@@ -675,9 +675,11 @@ def test_cli_adapter_residual_curve_holds_the_last_evaluation():
     start = grid.zeros(1, dtype=torch.float64)._replace(f=(1 - t) * f0.unsqueeze(1) + t * f1.unsqueeze(1))
     expected = [rel_residual(start)]
     with _quiet():
-        curve = ot(fg, bg, None, size=None, floor=floor, max_iter=25, **kw).curves["convergence"]["constraint residual"]
+        curve = ot_cli(fg, bg, None, size=None, floor=floor, max_iter=25, **kw).curves["convergence"][
+            "constraint residual"
+        ]
         for j in (10, 20, 25):
-            expected.append(rel_residual(ot_interpolate(f0, f1, max_iter=j, **kw).solver.solution))
+            expected.append(rel_residual(ot_solve(f0, f1, max_iter=j, **kw).solver.solution))
     assert len(curve) == 26 and len(set(expected)) == 4
     for (lo, hi), value in zip([(0, 10), (10, 20), (20, 25), (25, 26)], expected):
         assert torch.allclose(curve[lo:hi], torch.full((hi - lo,), value, dtype=torch.float64), rtol=1e-10), lo
@@ -708,7 +710,7 @@ def test_infer_writes_gif_strip_and_plot_with_the_adapters_values(tmp_path):
         assert written[key].exists(), key
     fg, bg = read_image(SAMPLES_DIR / "fg.png"), read_image(SAMPLES_DIR / "bg.png")
     with _quiet():
-        expected = ot(fg, bg, None, steps=steps, max_iter=20, size=16)
+        expected = ot_cli(fg, bg, None, steps=steps, max_iter=20, size=16)
     result = read_image(written["result"])
     assert result.shape == fg.shape
     assert (result - expected.result).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only
@@ -732,7 +734,7 @@ def test_gpu_matches_cpu():
     f1 = torch.rand(2, 3, 16, 16, dtype=torch.float64) + 0.05
     f1 = f1 * f0.flatten(1).sum(1).view(-1, 1, 1, 1) / f1.flatten(1).sum(1).view(-1, 1, 1, 1)
     with _quiet():
-        cpu = ot_interpolate(f0, f1, steps=4, max_iter=50)
-        gpu = ot_interpolate(f0.cuda(), f1.cuda(), steps=4, max_iter=50)
+        cpu = ot_solve(f0, f1, steps=4, max_iter=50)
+        gpu = ot_solve(f0.cuda(), f1.cuda(), steps=4, max_iter=50)
     assert gpu.frames.device.type == "cuda"
     assert torch.allclose(gpu.frames.cpu(), cpu.frames, atol=1e-8)

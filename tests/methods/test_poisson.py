@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from skimage import data as skdata
 
 import fusion
-from fusion.methods import get_method, place_source, poisson_blend, poisson_solve_exact, poisson_solve_inertial
+from fusion.methods import PoissonBlend, get_method, place_source, poisson_blend, poisson_solve
 from fusion.methods.poisson import DEFAULT_TOL, PEREZ_CRITERION, perez_residual
 from tests.reference import (
     perez_reference,
@@ -20,6 +20,16 @@ from tests.reference import (
 )
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "poisson.yaml"
+
+
+def poisson_solve_exact(fg, bg, mask, **options):
+    """The SolverResult of ``poisson_solve(..., solver="exact")``."""
+    return poisson_solve(fg, bg, mask, solver="exact", **options).solver
+
+
+def poisson_solve_inertial(fg, bg, mask, **options):
+    """The SolverResult of ``poisson_solve(..., solver="inertial")``."""
+    return poisson_solve(fg, bg, mask, solver="inertial", **options).solver
 
 
 def _photo(name: str, y: int, x: int, h: int, w: int, channels: int = 3) -> torch.Tensor:
@@ -292,7 +302,7 @@ def test_exact_converged_flag_is_the_criterion_at_tol():
 def test_default_tolerances_mean_the_same_for_every_solver():
     defaults = {
         f.__name__: inspect.signature(f).parameters["tol"].default
-        for f in (poisson_blend, poisson_solve_exact, poisson_solve_inertial)
+        for f in (poisson_blend, poisson_solve, PoissonBlend.__init__)
     }
     assert set(defaults.values()) == {DEFAULT_TOL}, defaults
     assert float(OmegaConf.load(CONF).tol) == DEFAULT_TOL
@@ -471,7 +481,7 @@ def test_blend_inertial_is_solve_inertial_with_its_defaults():
     fgs, bgs, ms = _three_samples(torch.float64)
     res = poisson_solve_inertial(fgs[0], bgs[0], ms[0])
     assert torch.equal(poisson_blend(fgs[0], bgs[0], ms[0], solver="inertial"), res.solution)
-    assert inspect.signature(poisson_solve_inertial).parameters["beta"].default == 0.9
+    assert inspect.signature(poisson_solve).parameters["beta"].default == 0.9
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -525,8 +535,15 @@ def test_bad_input_errors(case, match):
         poisson_blend(fg, bg, mask, **kwargs)
 
 
-def test_registry():
-    assert get_method("poisson") is poisson_blend
+def test_registry(gen):
+    cli = get_method("poisson")
+    assert cli.__name__ == "poisson_cli"
+    fg, bg = (torch.rand(1, 3, 12, 14, generator=gen, dtype=torch.float64) for _ in range(2))
+    mask = torch.zeros(1, 1, 12, 14, dtype=torch.float64)
+    mask[..., 3:9, 4:10] = 1
+    for solver in ("exact", "spectral"):
+        out = cli(fg, bg, mask, solver=solver, tol=1e-9)
+        assert torch.equal(out.result, poisson_blend(fg, bg, mask, solver=solver, tol=1e-9))
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         get_method("nope")
 

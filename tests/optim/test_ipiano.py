@@ -227,3 +227,172 @@ def test_min_iter_iterations_exactly_when_already_at_the_minimum():
     target = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
     res = ipiano(lambda x: 0.5 * ((x - target) ** 2).sum(1) + 1.0, target.clone(), min_iter=7, tol=1e-8)
     assert res.iterations == 7 and res.all_converged
+
+
+# ------------------------------------------------------------------ exact blocks, closed-form gradients, prox state
+
+
+def _coupled(gen, batch=3):
+    """``f(u, v) = ½ Σ a (u − y)² + ½ Σ s (v − u)²`` with ``g(v) = λ‖v‖₁``: for fixed v the exact u-block is
+    ``(a y + s v)/(a + s)``; at the minimiser ``v = soft(u, λ/s)``."""
+    y = torch.randn(batch, 8, generator=gen, dtype=torch.float64)
+    a = torch.linspace(1, 100, 8, dtype=torch.float64)
+    s = torch.stack([torch.linspace(100 / k, 1, 8, dtype=torch.float64) for k in range(1, batch + 1)])
+    lam = 0.3
+
+    def smooth(u, v):
+        return 0.5 * (a * (u - y) ** 2).sum(1) + 0.5 * (s[: u.shape[0]] * (v - u) ** 2).sum(1) + 1.0
+
+    def soft(z, step):
+        return torch.sign(z) * torch.clamp(z.abs() - step * lam, min=0)
+
+    return y, a, s, lam, smooth, soft
+
+
+def test_exact_block_with_a_prox_block_reaches_the_coupled_minimiser(gen):
+    """Gauss–Seidel iPiano with an exact u-block and an inertial ℓ1-prox step in v (``monotone``): the objective
+    never increases, the result is the fixed point of both blocks, the block solver sees only the active samples
+    and the previous stopping value (inf before the first iteration), and each sample follows its own path."""
+    y, a, s, lam, smooth, soft = _coupled(gen)
+    calls = []
+
+    def run(idx):
+        yy, ss = y[idx], s[idx]
+
+        def solve_u(blocks, active, progress):
+            calls.append((active.clone(), progress.clone()))
+            return (a * yy + ss * blocks[1]) / (a + ss)
+
+        return ipiano(
+            lambda u, v: 0.5 * (a * (u - yy) ** 2).sum(1) + 0.5 * (ss * (v - u) ** 2).sum(1) + 1.0,
+            (torch.zeros_like(yy), torch.zeros_like(yy)),
+            prox=(None, soft),
+            block_solve=(solve_u, None),
+            beta=(0.0, 0.5),
+            monotone=True,
+            nonsmooth=(None, lambda v: lam * v.abs().sum(1)),
+            objective=lambda u, v: (
+                0.5 * (a * (u - yy) ** 2).sum(1) + 0.5 * (ss * (v - u) ** 2).sum(1) + 1.0 + lam * v.abs().sum(1)
+            ),
+            tol=1e-14,
+            max_iter=5000,
+        )
+
+    res = run(slice(None))
+    u, v = res.solution
+    assert res.all_converged and res.info["lipschitz"][0] is None
+    # the minimiser in closed form: eliminating u leaves ½ Σ w (v − y)² + λ‖v‖₁ with w = a s / (a + s)
+    v_star = soft(y, (a + s) / (a * s))
+    u_star = (a * y + s * v_star) / (a + s)
+    torch.testing.assert_close(v, v_star, atol=1e-5, rtol=0)
+    torch.testing.assert_close(u, u_star, atol=1e-5, rtol=0)
+    steps = res.history[1:] - res.history[:-1]
+    assert bool((steps <= 1e-12 * res.history[1:].abs()).all())
+    assert bool(torch.isinf(calls[0][1]).all()) and bool(calls[0][0].all())
+    counts = res.info["iterations"]
+    assert len(set(counts.tolist())) > 1  # the samples stop at different iterations
+    last = calls[-1][0]
+    assert last.tolist() == (counts == res.iterations).tolist()  # stopped samples are no longer solved
+    for i in range(3):
+        alone = run(slice(i, i + 1))
+        assert alone.iterations == int(counts[i])
+        for block, single in zip(res.solution, alone.solution):
+            assert torch.equal(block[i : i + 1], single)
+
+
+def test_closed_form_gradient_replaces_autograd(gen):
+    y, a, s, lam, smooth, soft = _coupled(gen, batch=2)
+
+    def gradient(u, v):
+        return smooth(u, v), (a * (u - y) - s[:2] * (v - u), s[:2] * (v - u))
+
+    kw = dict(prox=(None, soft), beta=0.3, tol=1e-13, max_iter=3000, descent_test="joint")
+    by_hand = ipiano(smooth, (torch.zeros_like(y), torch.zeros_like(y)), gradient=gradient, **kw)
+    auto = ipiano(smooth, (torch.zeros_like(y), torch.zeros_like(y)), **kw)
+    assert by_hand.all_converged and by_hand.iterations == auto.iterations
+    for x, z in zip(by_hand.solution, auto.solution):
+        torch.testing.assert_close(x, z, atol=1e-12, rtol=0)
+
+
+def test_prox_state_is_that_of_the_accepted_trial(gen):
+    """A stateful prox records its step: every trial of an iteration gets the current state, and a sample keeps the
+    state of the trial it accepted, i.e. the step c·2/L of the final Lipschitz estimate (backtracking grew L from 1,
+    so the first trial of an iteration would give another value)."""
+    target = torch.randn(2, 6, generator=gen, dtype=torch.float64)
+    scale = torch.stack([torch.linspace(1, 40, 6), torch.linspace(1, 90, 6)]).double()
+    seen = []
+
+    def prox(z, step, state):
+        seen.append(state[0].clone())
+        return z, (step.flatten(1)[:, 0].clone(),)
+
+    res = ipiano(
+        lambda x: 0.5 * (scale * (x - target) ** 2).sum(1) + 1.0,
+        torch.zeros_like(target),
+        prox=prox,
+        prox_state=[(torch.full((2,), -1.0, dtype=torch.float64),)],
+        beta=0.0,
+        tol=1e-12,
+        max_iter=5000,
+    )
+    lip = res.info["lipschitz"][0]
+    assert bool((lip > 1).all()) and res.all_converged
+    (final,) = res.info["prox_state"][0]
+    torch.testing.assert_close(final, 0.99 * 2 / lip, rtol=1e-15, atol=0)
+    assert seen[0].tolist() == [-1.0, -1.0]
+
+
+def test_monotone_keeps_heavy_inertia_from_raising_the_objective(gen):
+    target = torch.randn(2, 10, generator=gen, dtype=torch.float64)
+    scale = torch.logspace(0, 2, 10, dtype=torch.float64)
+
+    def energy(x):
+        return 0.5 * (scale * (x - target) ** 2).sum(1) + 1.0
+
+    x0 = torch.zeros(2, 10, dtype=torch.float64)
+    plain = ipiano(energy, x0, beta=0.9, tol=1e-13, max_iter=5000)
+    safe = ipiano(energy, x0, beta=0.9, tol=1e-13, max_iter=5000, monotone=True)
+    rise = lambda r: float((r.history[1:] - r.history[:-1]).max())  # noqa: E731
+    assert rise(plain) > 1e-3 and rise(safe) <= 1e-12
+    assert bool((safe.info["inertia_resets"] > 0).all())
+    assert safe.all_converged
+    torch.testing.assert_close(safe.solution, target, atol=1e-5, rtol=0)
+
+
+def test_block_options_are_checked():
+    x = (torch.zeros(1, 2), torch.zeros(1, 2))
+    solve = lambda blocks, active, progress: blocks[0]  # noqa: E731
+    with pytest.raises(ValueError, match="at least one block"):
+        ipiano(lambda u, v: u.sum(1), x, block_solve=(solve, solve))
+    with pytest.raises(ValueError, match="cannot have a prox"):
+        ipiano(lambda u, v: u.sum(1), x, block_solve=(solve, None), prox=(lambda z, s: z, None))
+    with pytest.raises(ValueError, match="no prox"):
+        ipiano(lambda u, v: u.sum(1), x, prox_state=((torch.zeros(1),), None))
+
+
+def test_descent_sums_are_accumulated_in_float64():
+    """The inner products of the descent test are summed in float64 and rounded once: a float32 sum of this row
+    loses the small terms next to the large ones."""
+    from fusion.optim.ipiano import _bsum
+
+    x = torch.tensor([[2.0**24, 1, 1, 1, 1, -(2.0**24)]], dtype=torch.float32)
+    assert float(_bsum(x)[0]) == 4.0 and _bsum(x).dtype == torch.float32
+
+
+def test_monotone_retries_a_plain_step_that_raises_the_objective_with_a_larger_lipschitz_estimate():
+    """``f = ½(x − 3)²`` with a term ``g = 0.1|x|`` that has no prox here (an inexact prox, in the extreme): from
+    x = 1 the step 1.98 of L = 1 passes the descent test of f but raises f + g; with ``monotone`` the step is retried
+    with L = 2 (step 0.99), which lowers it, and accepted."""
+    x0 = torch.ones(1, 1, dtype=torch.float64)
+    res = ipiano(
+        lambda x: 0.5 * ((x - 3) ** 2).sum(1),
+        x0,
+        beta=0.0,
+        monotone=True,
+        nonsmooth=lambda x: 0.1 * x.abs().sum(1),
+        objective=lambda x: 0.5 * ((x - 3) ** 2).sum(1) + 0.1 * x.abs().sum(1),
+        max_iter=1,
+    )
+    assert res.info["lipschitz"][0].tolist() == [2.0] and res.info["evaluations"].tolist() == [2]
+    torch.testing.assert_close(res.solution, torch.tensor([[1 + 0.99 * 2]], dtype=torch.float64))
+    assert float(res.history[1, 0]) < float(res.history[0, 0]) and res.info["inertia_resets"].tolist() == [0]

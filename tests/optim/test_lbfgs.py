@@ -1,5 +1,5 @@
 """Batched fixed-step L-BFGS: torch.optim.LBFGS's iterates for one sample, closed-form minimisers, per-sample
-memory and stopping, divergence."""
+memory and stopping, divergence; the recorded stage runner (its finish map, terms, frames and progress calls)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.optim.lbfgs import criterion, lbfgs
+from fusion.optim.lbfgs import criterion, lbfgs, lbfgs_stage
 
 DT = torch.float64
 
@@ -185,6 +185,17 @@ def test_a_window_is_not_fooled_by_one_lucky_iteration():
     assert float(windowed.reached[0]) == pytest.approx((2.5 - 1.9) / (3 * 1.9), rel=1e-12)
 
 
+def test_a_change_of_exactly_tol_meets_the_criterion():
+    # the rule is "at most tol": preset values (exact in binary) whose relative change at iterate 4 is exactly
+    # |1.25 − 1| / 1 = 0.25; iterate 3 changes by 0.75 / 1.25 = 0.6
+    sequence = [8.0, 4.0, 2.0, 1.25, 1.0, 0.5, 0.25]
+    x0 = torch.zeros(1, 2, dtype=DT)
+    for run in (lbfgs, lambda f, x, **kw: lbfgs_stage(lambda z: (f(z), {}), x, **kw).solver):
+        values = iter(sequence)
+        res = run(lambda x: (x * 0).sum(1) + next(values), x0, max_iter=6, tol=0.25, history_size=3)
+        assert res.iterations == 4 and bool(res.converged[0]) and float(res.reached[0]) == 0.25
+
+
 def test_cap_reached_above_tol_is_not_converged(gen):
     a, b, w = _problem(gen, 12, 1000.0)
     f = _energy(a, b, w)
@@ -301,3 +312,125 @@ def test_bad_energy_and_start():
         lbfgs(lambda x: (x**2).sum(), torch.ones(2, 3), max_iter=2, tol=1e-6)
     with pytest.raises(TypeError, match="x0"):
         lbfgs(lambda x: x.sum(1), torch.ones(2, 3, dtype=torch.long), max_iter=2, tol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# lbfgs_stage: one recorded stage
+# ----------------------------------------------------------------------------------------------------------
+def _quadratics(gen, conds=(2.0, 50.0, 400.0), n=12):
+    """Per-sample objectives ``1 + ½ xᵀA_b x − c_bᵀx`` with their parts and minimisers ``A_b⁻¹ c_b``."""
+    mats, rhs = [], []
+    for cond in conds:
+        a, c, _ = _problem(gen, n, cond)
+        mats.append(a), rhs.append(3 * c)
+    a, c = torch.stack(mats), torch.stack(rhs)
+
+    def objective(x):
+        quad = 0.5 * torch.einsum("bi,bij,bj->b", x, a, x)
+        lin = -(c * x).sum(1)
+        return 1.0 + quad + lin, {"quad": quad, "lin": lin}
+
+    return objective, a, c, torch.linalg.solve(a, c)
+
+
+def _box(x):
+    return x.clamp(-0.5, 0.5)
+
+
+def test_stage_reaches_the_minimiser_and_closes_its_record_at_the_finished_point(gen):
+    objective, a, c, minimiser = _quadratics(gen)
+    assert float(minimiser.abs().max()) > 0.5  # the box cuts the minimiser
+    x0 = torch.zeros(3, 12, dtype=DT)
+    run = lbfgs_stage(objective, x0, max_iter=500, tol=1e-15, history_size=10, finish=_box)
+    torch.testing.assert_close(run.solver.solution, minimiser, atol=1e-6, rtol=0)  # the descent is unconstrained
+    assert torch.equal(run.solution, _box(run.solver.solution)) and torch.equal(x0, torch.zeros(3, 12, dtype=DT))
+    assert run.solver.all_converged and run.solver.criterion == criterion(1) and run.frames is None
+    its = run.solver.info["iterations"]
+    assert its[0] < its[1] < its[2] and run.history.shape == (int(its.max()) + 1, 3)
+    finished, parts = objective(run.solution)
+    for s in range(3):
+        t = int(its[s])
+        # up to its last iteration a sample's record is the optimiser's; from there on, the finished point's
+        torch.testing.assert_close(run.history[:t, s], run.solver.history[:t, s], atol=0, rtol=0)
+        assert bool((run.history[t:, s] == finished[s]).all()) and finished[s] > run.solver.history[t, s]
+        for name in ("quad", "lin"):
+            assert bool((run.terms[name][t:, s] == parts[name][s]).all()), name
+        # every row of the parts adds up to the recorded objective
+        torch.testing.assert_close(1.0 + run.terms["quad"][:, s] + run.terms["lin"][:, s], run.history[:, s])
+
+
+def test_stage_keeps_every_sample_apart(gen):
+    objective, a, c, _ = _quadratics(gen, conds=(5.0, 80.0, 20.0))
+    x0 = torch.randn(3, 12, generator=gen, dtype=DT)
+    kw = dict(max_iter=80, tol=1e-10, window=3, history_size=4, finish=_box, frames=4)
+    batch = lbfgs_stage(objective, x0, **kw)
+    for s in range(3):
+
+        def alone(x, s=s):
+            value, parts = objective(torch.cat([x if k == s else torch.zeros_like(x) for k in range(3)]))
+            return value[s : s + 1], {name: part[s : s + 1] for name, part in parts.items()}
+
+        one = lbfgs_stage(alone, x0[s : s + 1], **kw)
+        t = one.solver.iterations
+        assert int(batch.solver.info["iterations"][s]) == t and bool(batch.solver.converged[s])
+        torch.testing.assert_close(batch.solution[s : s + 1], one.solution, atol=1e-12, rtol=0)
+        torch.testing.assert_close(batch.history[: t + 1, s], one.history[:, 0], atol=1e-12, rtol=0)
+        for name in ("quad", "lin"):
+            torch.testing.assert_close(batch.terms[name][: t + 1, s], one.terms[name][:, 0], atol=1e-12, rtol=0)
+    assert len({int(t) for t in batch.solver.info["iterations"]}) == 3  # each stopped on its own
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_stage_stops_on_the_documented_rule_like_lbfgs(gen, window):
+    a, b, w = _problem(gen, 12, 100.0)
+    f = _energy(a, b, w)
+    x0 = torch.randn(2, 12, generator=gen, dtype=DT) * torch.tensor([[1.0], [3.0]], dtype=DT)
+    tol = 1e-6
+    run = lbfgs_stage(lambda x: (f(x), {}), x0, max_iter=200, tol=tol, history_size=5, window=window)
+    plain = lbfgs(f, x0, max_iter=200, tol=tol, history_size=5, window=window)
+    assert torch.equal(run.solution, plain.solution) and torch.equal(run.history, plain.history)
+    assert run.terms == {} and run.solver.criterion == criterion(window)
+    for s in range(2):
+        t = int(run.solver.info["iterations"][s])
+        changes = [_windowed_change(run.history[: t + 1, s], k, window) for k in range(window + 1, t + 1)]
+        assert changes[-1] <= tol and all(c > tol for c in changes[:-1])  # the first iterate that meets it
+    # the fixed count runs every iteration and judges the last
+    fixed = lbfgs_stage(lambda x: (f(x), {}), x0, max_iter=60, tol=tol, history_size=5, window=window, stop_early=False)
+    assert fixed.solver.info["iterations"].tolist() == [60, 60]
+
+
+def test_stage_frames_and_progress_calls(gen):
+    objective, *_ = _quadratics(gen, conds=(3.0, 30.0))
+    x0 = torch.randn(2, 12, generator=gen, dtype=DT)
+    calls = []
+    kw = dict(tol=1e-300, history_size=5, stop_early=False, finish=_box)
+    run = lbfgs_stage(objective, x0, max_iter=6, frames=3, snapshot=lambda x: 2 * x,
+                      on_iterate=lambda k, values: calls.append((k, values.clone())), **kw)  # fmt: skip
+    assert [k for k, _ in calls] == [1, 2, 3, 4, 5, 6]
+    torch.testing.assert_close(torch.stack([v for _, v in calls]), run.solver.history[1:], atol=0, rtol=0)
+    # planned iterations 0, 3 and the result, each the snapshot of the finished iterate
+    third = lbfgs(lambda x: objective(x)[0], x0, max_iter=3, tol=1e-300, history_size=5, stop_early=False)
+    assert run.frames.shape == (3, 2, 12)
+    torch.testing.assert_close(run.frames[0], 2 * _box(x0), atol=0, rtol=0)
+    torch.testing.assert_close(run.frames[1], 2 * _box(third.solution), atol=1e-12, rtol=0)
+    torch.testing.assert_close(run.frames[2], 2 * run.solution, atol=0, rtol=0)
+    # a run that stops before the planned iterations repeats its result
+    early = lbfgs_stage(objective, x0, max_iter=200, tol=1e-6, history_size=5, frames=5, finish=_box)
+    assert early.solver.iterations < 50
+    torch.testing.assert_close(early.frames[0], _box(x0), atol=0, rtol=0)
+    for k in range(1, 5):
+        torch.testing.assert_close(early.frames[k], early.solution, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"frames": -1}, "frames must be an integer >= 0"),
+        ({"stop_early": "yes"}, "stop_early must be true or false"),
+        ({"window": 0}, "window must be >= 1"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+    ],
+)
+def test_stage_bad_arguments(kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        lbfgs_stage(lambda x: ((x**2).sum(1), {}), torch.ones(1, 2), max_iter=3, tol=1e-6, **kwargs)
