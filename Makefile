@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean distclean
+.PHONY: install demo test lint bench gpu-check clean distclean
 
 install: $(STAMP)
 
@@ -27,14 +27,23 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VPY) -m ruff check .
 
-# One script per method; helper modules (common.py, _*.py) are imported by the scripts, not run.
+# One script per method; helper modules (common.py, _*.py) are imported by the scripts, not run, and the GPU
+# check (below) has its own target.
 bench: $(STAMP)
 	@set -e; for script in benchmarks/*.py; do \
-		case "$$(basename "$$script")" in common.py|_*) continue ;; esac; \
+		case "$$(basename "$$script")" in common.py|gpu_check.py|_*) continue ;; esac; \
 		[ -e "$$script" ] || continue; \
 		echo "== $$script"; \
 		$(VPY) "$$script"; \
 	done
+
+# The whole GPU verification in one command, under 8 minutes: the gpu-marked tests, then every benchmark's CUDA
+# row, each under its own time budget; one table in outputs/gpu_check/ (gpu_check.md and .json). Without CUDA it
+# rehearses the same rows at tiny sizes on the CPU. ARGS passes options (e.g. ARGS="--only osmosis ot");
+# GPU_CHECK_PYTHON=python3 runs it with an interpreter that already has the dependencies, without the venv.
+GPU_CHECK_PYTHON ?= $(VPY)
+gpu-check: $(if $(filter $(VPY),$(GPU_CHECK_PYTHON)),$(STAMP))
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun lightning_logs wandb .pytest_cache .ruff_cache *.egg-info

@@ -195,12 +195,56 @@ def _check_target_options(node: Any, what: str) -> None:
             nested = {k for k, v in node.items() if isinstance(v, dict) and "_target_" in v}
             unresolved = {k for k, v in node.items() if isinstance(v, str) and ("${" in v or v == "???")}
             options = {k: v for k, v in node.items() if not str(k).startswith("_") and k not in nested | unresolved}
-            check_options(resolve_class(str(node["_target_"])), options, what)
+            cls = resolve_class(str(node["_target_"]))
+            receivers = [k for k in getattr(cls, "SHARES_OPTIONS_WITH", ()) if k in nested]
+            if receivers:
+                named = _init_parameters(cls)
+                check_options(cls, {k: v for k, v in options.items() if k in named}, what)
+                shared = {k: v for k, v in options.items() if k not in named}
+                for key in receivers:
+                    own = set(node[key])  # a partial's own value wins over the shared one
+                    _check_forwarded(
+                        resolve_class(str(node[key]["_target_"])),
+                        {k: v for k, v in shared.items() if k not in own},
+                        what,
+                    )
+            else:
+                check_options(cls, options, what)
         for key, value in node.items():
             _check_target_options(value, f"{what}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _check_target_options(value, f"{what}[{i}]")
+
+
+def _init_parameters(cls: type) -> set[str]:
+    """The keyword names ``cls.__init__`` takes itself (not through ``**kwargs``)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in params if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+
+
+def _check_forwarded(cls: type, options: dict, what: str) -> None:
+    """Check ``options`` against ``cls`` and, for those it takes through ``**kwargs``, against the ``__init__`` of
+    its nearest base that defines one (the class passes them on with ``super().__init__(**kwargs)``)."""
+    import inspect
+
+    from fusion.options import check_options
+
+    named = _init_parameters(cls)
+    check_options(cls, {k: v for k, v in options.items() if k in named}, what)
+    rest = {k: v for k, v in options.items() if k not in named}
+    if not rest:
+        return
+    open_ended = any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+    )
+    base = next((b for b in cls.__mro__[1:] if "__init__" in vars(b)), object)
+    if open_ended and base is not object:
+        _check_forwarded(base, rest, what)
+    else:
+        check_options(cls, rest, what)
 
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:

@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+def device_params(cuda_available: bool) -> list:
+    """The ``device`` fixture's parameters: the CPU always, CUDA when there is a device.
+
+    The CUDA variant carries the ``gpu`` marker, so ``pytest -m gpu`` (the GPU check) selects the CUDA variant of
+    every test that takes ``device`` as well as the tests marked ``gpu`` themselves. Without CUDA there is no CUDA
+    variant at all: the CPU suite collects and runs exactly what it did before.
+    """
+    params = [pytest.param("cpu", id="cpu")]
+    if cuda_available:
+        params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.gpu))
+    return params
+
+
+DEVICES = device_params(torch.cuda.is_available())
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,6 +33,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
+    """Each available device in turn (``cpu``, and ``cuda`` marked ``gpu`` where a CUDA device exists)."""
     return torch.device(request.param)
 
 

@@ -70,6 +70,20 @@ def test_method_option_of_the_wrong_type(method: str, key: str, value) -> None:
         check_options(spec.fn, {key: _wrong(value)}, "method", forwards_to=spec.options_from)
 
 
+def _receiver(cls, node: dict, key: str):
+    """The class whose signature types ``key``: ``cls``, or for an option a data module shares with its data sets
+    (``SHARES_OPTIONS_WITH``), the first data set class up the inheritance chain that names it."""
+    import inspect
+
+    if key in inspect.signature(cls.__init__).parameters or not getattr(cls, "SHARES_OPTIONS_WITH", ()):
+        return cls
+    for entry in cls.SHARES_OPTIONS_WITH:
+        for base in resolve_class(node[entry]["_target_"]).__mro__:
+            if "__init__" in vars(base) and key in inspect.signature(base.__init__).parameters:
+                return base
+    return cls
+
+
 def _training_cases():
     cases = []
     for path in sorted((CONF / "experiment").glob("*.yaml")):
@@ -81,7 +95,9 @@ def _training_cases():
             node = OmegaConf.to_container(cfg[group], resolve=False)
             cls = resolve_class(node["_target_"])
             for key, value in node.items():
-                if not key.startswith("_") and isinstance(value, (bool, int, float)) and not _admits_text(cls, key):
+                receiver = _receiver(cls, node, key)
+                typed = isinstance(value, (bool, int, float)) and not _admits_text(receiver, key)
+                if not key.startswith("_") and typed:
                     cases.append((path.stem, f"{group}.{key}", value))
     return cases
 

@@ -85,6 +85,10 @@ class FusionDataModule(L.LightningDataModule):
         ((4, 1, 8, 8), (4, 3, 1, 8, 8))
     """
 
+    #: The config entries that receive this module's ``**shared`` options (the command line checks those options
+    #: against these data sets' signatures before anything is built).
+    SHARES_OPTIONS_WITH = ("train_set", "eval_set")
+
     def __init__(
         self,
         train_set: DataSetFactory,

@@ -49,12 +49,7 @@ def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
     mask = check_image(mask, name, channels=1)
     if bool((mask < 0).any()) or bool((mask > 1).any()):
         raise ValueError(f"{name} values must lie in [0, 1], got range [{mask.min().item():g}, {mask.max().item():g}]")
-    inside = (mask > 0.5).flatten(1)
-    if not bool(inside.any(1).all()):
-        raise ValueError(f"{name} is empty (no pixel > 0.5) in at least one batch sample")
-    if bool(inside.all(1).any()):
-        raise ValueError(f"{name} covers the whole image in at least one batch sample; nothing to blend into")
-    return mask
+    return check_mask_coverage(mask, name)
 
 
 def check_positive(value: float, name: str) -> None:

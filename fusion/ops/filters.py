@@ -72,17 +72,21 @@ def pyramid_sizes(height: int, width: int, levels: int) -> list[tuple[int, int]]
 def gaussian_pyramid(x: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
     """Gaussian pyramid with the given fine-to-coarse ``sizes``: kornia's 5×5 Gaussian blur, then resampling.
 
-    The aspect ratio is kept at every level (each level has its own height and width).
+    The aspect ratio is kept at every level (each level has its own height and width). Runs in the input's dtype
+    even under ``torch.autocast``: the pyramid feeds the spectral solves, which stay in float32, and a bf16 blur
+    would cost them three significant digits.
     """
     out = [x]
-    for size in sizes[1:]:
-        blurred = kornia.filters.gaussian_blur2d(out[-1], (5, 5), (1.0, 1.0), border_type="reflect")
-        out.append(kornia.geometry.transform.resize(blurred, size, interpolation="bilinear", antialias=False))
+    with torch.autocast(x.device.type, enabled=False):
+        for size in sizes[1:]:
+            blurred = kornia.filters.gaussian_blur2d(out[-1], (5, 5), (1.0, 1.0), border_type="reflect")
+            out.append(kornia.geometry.transform.resize(blurred, size, interpolation="bilinear", antialias=False))
     return out
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resampling of the image axes to ``size`` (kornia)."""
+    """Bilinear resampling of the image axes to ``size`` (kornia), in the input's dtype even under autocast."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return kornia.geometry.transform.resize(x, size, interpolation="bilinear", antialias=True)
+    with torch.autocast(x.device.type, enabled=False):
+        return kornia.geometry.transform.resize(x, size, interpolation="bilinear", antialias=True)

@@ -5,6 +5,10 @@ The step operator ``P`` is the caller's: an explicit step ``u + τ A u`` or an i
 loop records what every such scheme reports: the relative change ``‖u^{k+1} − u^k‖ / ‖u^{k+1}‖`` of each step, the
 mass ``Σ u`` of every channel after each step (conserved by osmosis), and, for implicit steps, whether every
 linear solve met its tolerance and the largest final relative residual among them.
+
+The loop itself never synchronises with the device: it runs exactly ``steps`` steps and keeps its records as
+tensors, so the host waits only where the step operator does (an implicit step's Krylov solve checks its
+residual once per ``check_every`` iterations, see :mod:`fusion.ops.cg`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ STEP_CRITERION = "largest relative residual of the implicit steps' linear solves
 def time_evolution(u0: torch.Tensor, step: StepOperator, *, steps: int, tol: float | None = None) -> SolverResult:
     """Apply ``step`` ``steps`` times from ``u0``.
 
-    Differentiable as far as ``step`` is (the loop itself only records detached quantities).
+    Differentiable as far as ``step`` is (the loop itself only records detached quantities). No host
+    synchronisation besides those of ``step``.
 
     Args:
         u0: ``(B, C, H, W)`` start.

@@ -109,8 +109,17 @@ def ipiano(
     prox_state: Sequence[State | None] | None = None,
     monotone: bool = False,
     nonsmooth: SmoothEnergy | Sequence[SmoothEnergy | None] | None = None,
+    check_every: int = 1,
 ) -> SolverResult:
     """Minimise ``energy(*blocks) + Σ g_i`` by iPiano with backtracking.
+
+    Host synchronisations: one per trial step (whether some sample must backtrack), one before the first
+    iteration and one after every ``check_every``-th (whether some sample goes on: at most
+    ``⌈iterations / check_every⌉ + 1``), and one at the end when ``check_every > 1``; the callables may add their
+    own. The backtracking decision has to be taken on the host at every trial: the next trial costs a
+    prox and an energy evaluation per block, too much to spend on speculation, and the number of trials depends
+    on the data. With ``lipschitz_shrink = 1`` the estimates only grow, so after the first iterations most
+    iterations accept their first trial: about one synchronisation per iteration.
 
     Args:
         energy: smooth part; called as ``energy(x_1, …, x_n)`` with ``(B, …)`` tensors, returns ``(B,)``
@@ -162,6 +171,12 @@ def ipiano(
             the state of the trial it accepts; the final states are ``info["prox_state"]``.
         monotone: also require every accepted trial to lower ``f + Σ g_i`` (see the module docstring).
         nonsmooth: per block, ``g_i(x_i) -> (B,)`` (or ``None`` for ``g_i = 0``): the values ``monotone`` compares.
+        check_every: how often (in iterations) the host checks whether some sample is still iterating, ``>= 1``.
+            Each sample's stopping test runs at every iteration regardless, on the device, so the result does
+            not depend on it; with ``check_every > 1`` up to ``check_every − 1`` iterations may run after the
+            last sample stopped, every sample frozen (``block_solve`` then sees an all-false ``active`` and the
+            callables are evaluated for nothing), and they are cut from the result. The default, 1, runs no
+            iteration in vain: an iteration costs at least one transfer for its first trial anyway.
 
     Returns:
         :class:`SolverResult`: ``solution`` (a tensor for one block, else a tuple), ``history`` the
@@ -203,6 +218,8 @@ def ipiano(
         raise ValueError(f"step_fraction must lie in (0, 1), got {step_fraction}")
     if max_iter < 0 or tol <= 0:
         raise ValueError(f"need max_iter >= 0 and tol > 0, got max_iter={max_iter}, tol={tol}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
     if descent_test not in ("blocks", "joint", "both"):
         raise ValueError(f"descent_test must be 'blocks', 'joint' or 'both', got {descent_test!r}")
     if not stepped:
@@ -262,7 +279,8 @@ def ipiano(
     reached = torch.full((batch,), float("inf"), device=dev, dtype=real)
     criterion_history = []
     it = 0
-    while it < max_iter and bool(active.any()):
+    running = max_iter > 0 and bool(active.any())
+    while running:
         for i in range(n):
             if solves[i] is not None:
                 with torch.no_grad():
@@ -359,6 +377,11 @@ def ipiano(
             converged |= done
             active &= ~(done | failed)
             history.append(e_new)
+            running = it < max_iter and (it % check_every != 0 or bool(active.any()))
+    if check_every > 1 and it > 0:
+        # the iterations after the last sample stopped changed nothing: cut them (one transfer)
+        it = int(sample_iterations.max())
+        del history[it + 1 :], criterion_history[it:]
     info = {
         "lipschitz": [None if lip is None else lip.clone() for lip in lips],
         "evaluations": evaluations,

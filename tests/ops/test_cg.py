@@ -267,3 +267,23 @@ def test_bicgstab_reports_its_criterion_and_reached_residual(gen):
     assert res.criterion == CG_CRITERION and res.tol == 1e-14
     torch.testing.assert_close(res.reached, direct, rtol=1e-8, atol=0)
     assert not bool(res.converged.any()) and bool((res.reached > 1e-14).all())
+
+
+@pytest.mark.parametrize("check_every", [7, 11, 1000])  # the last sample stops at 60: no multiple of 7 or 11
+def test_bicgstab_result_does_not_depend_on_check_every(check_every, gen):
+    """The host looks only every ``check_every`` iterations, but each sample stops (and is frozen) at the same
+    iteration as with a look after every one; the idle iterations at the end are cut from the result."""
+    c, apply = _stencil_batch()
+    b = torch.randn(3, 60, generator=gen, dtype=torch.float64)
+    every = bicgstab(lambda x: apply(x, c), b, tol=1e-10, max_iter=500, check_every=1)
+    sparse = bicgstab(lambda x: apply(x, c), b, tol=1e-10, max_iter=500, check_every=check_every)
+    counts = every.info["iterations"].tolist()
+    assert len(set(counts)) > 1 and every.iterations == max(counts) == 60 and every.all_converged
+    assert sparse.iterations == every.iterations and sparse.info["iterations"].tolist() == counts
+    assert torch.equal(sparse.solution, every.solution) and torch.equal(sparse.history, every.history)
+    assert torch.equal(sparse.reached, every.reached) and torch.equal(sparse.converged, every.converged)
+
+
+def test_bicgstab_rejects_a_bad_check_every():
+    with pytest.raises(ValueError, match="check_every"):
+        bicgstab(lambda x: x, torch.ones(1, 3), check_every=0)

@@ -42,3 +42,25 @@ def test_resize_matches_numpy_reference(size, gen):
     """Enlarging: bilinear on pixel centres; shrinking: a Gaussian pre-filter of width (factor − 1)/2 first."""
     x = torch.rand(1, 1, 30, 47, generator=gen, dtype=torch.float64)
     np.testing.assert_allclose(resize(x, size)[0, 0].numpy(), antialiased_resize(x[0, 0].numpy(), size), atol=1e-13)
+
+
+def test_pyramid_and_resize_keep_float32_under_autocast() -> None:
+    # the spectral solves downstream stay in float32; a bf16 blur would cost them three significant digits
+    from fusion.methods import gaussian_poisson_blend
+    from fusion.ops.filters import gaussian_pyramid, resize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 24, 32, generator=g)
+    mask = torch.zeros(2, 1, 24, 32)
+    mask[..., 6:18, 8:24] = 1
+    full = gaussian_pyramid(x, [(24, 32), (12, 16), (6, 8)])
+    blend = gaussian_poisson_blend(x, x.flip(-1), mask, levels=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = gaussian_pyramid(x, [(24, 32), (12, 16), (6, 8)])
+        small = resize(x, (10, 13))
+        blend_half = gaussian_poisson_blend(x, x.flip(-1), mask, levels=2)
+    assert all(h.dtype == torch.float32 for h in half) and small.dtype == torch.float32
+    for a, b in zip(full, half):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert blend_half.dtype == torch.float32
+    torch.testing.assert_close(blend_half, blend, rtol=0, atol=1e-5)

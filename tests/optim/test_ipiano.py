@@ -396,3 +396,38 @@ def test_monotone_retries_a_plain_step_that_raises_the_objective_with_a_larger_l
     assert res.info["lipschitz"][0].tolist() == [2.0] and res.info["evaluations"].tolist() == [2]
     torch.testing.assert_close(res.solution, torch.tensor([[1 + 0.99 * 2]], dtype=torch.float64))
     assert float(res.history[1, 0]) < float(res.history[0, 0]) and res.info["inertia_resets"].tolist() == [0]
+
+
+def _two_runs(gen, with_criterion: bool, check_every: int):
+    """The coupled two-block problem, stopped by the default rule or by a criterion (the norm of the smooth part's
+    gradient in u), once with the host checking after every iteration and once every few."""
+    y, a, s, lam, smooth, soft = _coupled(gen)
+    kw = dict(prox=(None, soft), beta=0.3, tol=1e-11, max_iter=3000, descent_test="both")
+    if with_criterion:
+        kw.update(criterion=lambda u, v: torch.linalg.vector_norm(a * (u - y) - s * (v - u), dim=1), tol=1e-6)
+    x0 = (torch.zeros_like(y), torch.zeros_like(y))
+    return ipiano(smooth, x0, **kw), ipiano(smooth, x0, check_every=check_every, **kw)
+
+
+@pytest.mark.parametrize("with_criterion", [False, True], ids=["energy-change", "criterion"])
+@pytest.mark.parametrize("check_every", [2, 7])
+def test_check_every_changes_nothing_but_when_the_host_looks(check_every, with_criterion, gen):
+    """Samples stop at the same iterations with the same iterates, histories and estimates whether the host
+    checks for a running sample after every iteration or every few (the idle iterations at the end are cut)."""
+    every, sparse = _two_runs(gen, with_criterion, check_every)
+    counts = every.info["iterations"]
+    assert len(set(counts.tolist())) > 1 and every.iterations == int(counts.max()) and every.all_converged
+    assert sparse.iterations == every.iterations and torch.equal(sparse.info["iterations"], counts)
+    for x, z in zip(sparse.solution, every.solution):
+        assert torch.equal(x, z)
+    assert torch.equal(sparse.history, every.history) and torch.equal(sparse.reached, every.reached)
+    if with_criterion:
+        assert torch.equal(sparse.info["criterion_history"], every.info["criterion_history"])
+    assert torch.equal(sparse.info["evaluations"], every.info["evaluations"])
+    assert all(torch.equal(p, q) for p, q in zip(sparse.info["lipschitz"], every.info["lipschitz"]))
+    assert torch.equal(sparse.converged, every.converged)
+
+
+def test_bad_check_every():
+    with pytest.raises(ValueError, match="check_every"):
+        ipiano(lambda x: x.sum(1), torch.zeros(1, 2), check_every=0)
