@@ -739,6 +739,8 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     if report["mode"] == "cuda":
         mode = "CUDA run at the sizes of BENCHMARKS.md; targets are judged"
+    elif report["mode"] == "cpu":
+        mode = "the sizes of BENCHMARKS.md on the CPU (--full-size): CPU figures, peak memory; no GPU targets judged"
     else:
         mode = (
             f"rehearsal at tiny sizes on {env['device_type']}: it checks the script, its figures say nothing about "
@@ -997,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of gpu_check.md / .json / pytest.log")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
     parser.add_argument("--rehearse", action="store_true", help="tiny sizes (the default without CUDA)")
+    parser.add_argument(
+        "--full-size", action="store_true", help="the benchmark sizes even without CUDA (CPU figures and peak memory)"
+    )
     parser.add_argument("--only", nargs="+", choices=ROW_IDS, metavar="ROW", help="run these rows; the rest skip")
     parser.add_argument("--budget", action="append", default=[], metavar="ROW=SECONDS", help="override a budget")
     parser.add_argument("--total-budget", type=_seconds, default=None, help="seconds for the whole run")
@@ -1020,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rehearse = args.rehearse or device.type != "cuda"
+    rehearse = args.rehearse or (device.type != "cuda" and not args.full_size)
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
     if threads is not None:
         if threads < 1:
@@ -1041,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in ROWS:
         seconds = overrides.get(spec.id, spec.rehearsal_budget_s if rehearse else spec.budget_s)
         records.append(new_record(spec, seconds))
-    report = Report(out, "rehearsal" if rehearse else "cuda", device, total, records)
+    mode = "rehearsal" if rehearse else ("cuda" if device.type == "cuda" else "cpu")
+    report = Report(out, mode, device, total, records)
     report.save()
     if rehearse:
         print(f"gpu_check: rehearsal at tiny sizes on {device.type} (no judging of targets)", flush=True)

@@ -162,8 +162,8 @@ def check_overrides(argv: Sequence[str], config_dir: str | os.PathLike[str], con
 def prepare_run(argv: Sequence[str], config_dir: str | os.PathLike[str], config_name: str) -> list[str]:
     """Vet the command line (:func:`check_overrides`) and decide where the run writes; return Hydra overrides to add.
 
-    * ``infer.py ... out=PATH``: the outputs go where ``out`` says and nothing else is written (no run folder, no
-      saved config, no log file: warnings go to stderr only).
+    * ``infer.py ... out=PATH`` (or a batch run's ``out_dir=DIR``): the outputs go where ``out`` (``out_dir``) says
+      and nothing else is written (no run folder, no saved config, no log file: warnings go to stderr only).
     * otherwise, unless ``hydra.run.dir`` is given: a new run folder is claimed (:func:`fusion.runs.start_run_dir`)
       from the configured pattern (``outputs/<task>/<date>_<time>-<microseconds>``), and :func:`run_cli` removes it
       again if the run fails before writing a checkpoint. A ``hydra.run.dir`` that does not exist yet is treated the
@@ -174,7 +174,7 @@ def prepare_run(argv: Sequence[str], config_dir: str | os.PathLike[str], config_
     cfg = check_overrides(argv, config_dir, config_name)
     if cfg is None or any(arg.startswith("-") for arg in argv):
         return []
-    if config_name == "infer" and cfg.get("out") is not None:
+    if config_name == "infer" and (cfg.get("out") is not None or cfg.get("out_dir") is not None):
         return ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     if any(arg.lstrip("+~").split("=", 1)[0] == "hydra.run.dir" for arg in argv):
         expect_run_dir(str(cfg.hydra.run.dir))  # a folder this run creates is removed again if the run fails

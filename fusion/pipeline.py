@@ -62,6 +62,10 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     input gives a 16-bit PNG or TIFF, a float TIFF a float TIFF) and ``method`` (``name`` plus keyword arguments of
     the method function).
 
+    With ``manifest``, ``fg_dir``, ``bg_dir``, ``mask_dir`` or ``out_dir`` set this is a batch run over many items
+    instead (:func:`fusion.batch.infer_batch`: ``batch_size``, ``num_workers``, ``overwrite``, ``devices``, ...; it
+    returns ``{"results": DIR/results.csv}``).
+
     All checks run before the method; the files are written all-or-nothing once the method has succeeded, and no
     output may replace an input file.
 
@@ -73,6 +77,10 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
     """
     from fusion.options import check_options, check_value
 
+    if any(cfg.get(key) is not None for key in ("manifest", "fg_dir", "bg_dir", "mask_dir", "out_dir")):  # many items
+        from fusion.batch import infer_batch
+
+        return infer_batch(cfg)
     name, params = method_params(cfg.method)
     spec = method_spec(name)
     to_load = {option: params.pop(option, None) for option in spec.loads}

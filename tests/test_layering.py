@@ -29,6 +29,9 @@ RANK = {
     "errors": 6,  # the command line's error vocabulary: plain Python
     "runs": 7,  # run folders, safe config instantiation, checkpoints
     "infer_files": 7,  # the inputs and outputs of one inference run
+    "batch_items": 7,  # the items of a batch run: a manifest or three folders
+    "batch_lightning": 7.4,  # several processes of a batch run (Lightning's predict loop)
+    "batch": 7.5,  # batch inference over a manifest or folders
     "cli": 8,  # the command-line contract, on top of runs
     "pipeline": 8,  # infer and train
     "evaluate": 9,  # the evaluation command sits on top of the pipeline and the command-line contract
@@ -45,6 +48,8 @@ FRAMEWORK_ALLOWED = {
     "cli": FRAMEWORKS,
     "runs": FRAMEWORKS,
     "infer_files": FRAMEWORKS,
+    "batch": FRAMEWORKS,
+    "batch_lightning": FRAMEWORKS,
     "evaluate": FRAMEWORKS,
     "data": {"lightning", "pytorch_lightning"},  # the one exception: the DataModules sit beside their data sets
 }
