@@ -206,6 +206,8 @@ _AUTOCAST_CASES = {
     "poisson_exact": (lambda fg, bg, m: poisson_blend(fg, bg, m, solver="exact"), 1e-4),
     "gaussian_poisson": (lambda fg, bg, m: gaussian_poisson_blend(fg, bg, m, levels=2), 1e-5),
 }
+
+
 @pytest.mark.parametrize("name", list(_AUTOCAST_CASES))
 def test_fft_paths_stay_float32_under_autocast(name):
     run, atol = _AUTOCAST_CASES[name]
