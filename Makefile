@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install --no-cache-dir -e '.[dev]'
+	$(VPY) -m pip install --no-cache-dir -e '.[dev,sweep]'
 	touch $(STAMP)
 
 # Blend the built-in sample photographs (datasets/samples) and print where the result went.

@@ -17,8 +17,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_cli(train, cfg)
+def main(cfg: DictConfig) -> float | None:
+    return run_cli(train, cfg).get("optimized_metric")  # what a sweeper (hparams_search=...) optimises
 
 
 if __name__ == "__main__":

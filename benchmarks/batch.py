@@ -5,11 +5,14 @@ elliptic mask of random size and place) and written as PNGs with a manifest. Tim
 files (reading, blending, writing the PNG; no side-by-side):
 
 * batch mode: one ``python infer.py method=poisson method.solver=spectral manifest=... out_dir=... batch_size=B``;
+* the same through Lightning's predict loop with ``devices=1`` and ``devices=2`` (``--devices 1 2``; on a CPU,
+  two processes talking over gloo);
 * single calls: ``python infer.py ... fg=.. bg=.. mask=.. out=..`` for the first ``--single`` items, extrapolated
   to N (each call pays the interpreter start and the imports);
 * OpenCV: a Python loop of ``cv2.imread`` / ``cv2.seamlessClone`` (NORMAL_CLONE) / ``cv2.imwrite`` (if installed).
 
-    python benchmarks/batch.py [--n 200] [--single 20] [--batch-size 16] [--num-workers 2] [--device auto]
+    python benchmarks/batch.py [--n 1000] [--single 20] [--batch-size 16] [--num-workers 2] [--device auto]
+                               [--devices 1 2]
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ def _infer(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def _check_ok(out_dir: Path) -> None:
+    with open(out_dir / "results.csv") as handle:
+        statuses = {row["status"] for row in csv.DictReader(handle)}
+    if statuses != {"ok"}:
+        raise RuntimeError(f"batch run {out_dir.name}: statuses {statuses}")
+
+
 def run_opencv(items: list[dict[str, Path]], out: Path) -> float | None:
     try:
         import cv2
@@ -107,12 +117,13 @@ def run_opencv(items: list[dict[str, Path]], out: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="items of the batch run")
+    parser.add_argument("--n", type=int, default=1000, help="items of the batch run")
     parser.add_argument("--single", type=int, default=20, help="items timed one infer.py call each")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--devices", type=int, nargs="*", default=[1, 2], help="predict-loop runs (none: skip)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     common = ["method=poisson", "method.solver=spectral", f"device={device}", "side_by_side=false"]
@@ -125,10 +136,14 @@ def main() -> None:
             writer.writerows({k: p.name for k, p in paths.items()} for paths in items)
         batch = _infer(*common, f"manifest={folder / 'items.csv'}", f"out_dir={folder / 'batch'}",
                        f"batch_size={args.batch_size}", f"num_workers={args.num_workers}")  # fmt: skip
-        with open(folder / "batch" / "results.csv") as handle:
-            statuses = {row["status"] for row in csv.DictReader(handle)}
-        if statuses != {"ok"}:
-            raise RuntimeError(f"batch run statuses {statuses}")
+        _check_ok(folder / "batch")
+        spread = {}
+        for devices in args.devices:
+            out = folder / f"devices{devices}"
+            spread[devices] = _infer(*common, f"manifest={folder / 'items.csv'}", f"out_dir={out}",
+                                     f"batch_size={args.batch_size}", f"num_workers={args.num_workers}",
+                                     f"devices={devices}")  # fmt: skip
+            _check_ok(out)
         count = min(args.single, args.n)
         single = sum(
             _infer(*common, *(f"{k}={p}" for k, p in paths.items()), f"out={folder / 'single' / f'{i:04d}.png'}")
@@ -140,6 +155,9 @@ def main() -> None:
              f"{batch:.1f}", f"{args.n / batch:.2f}", f"{(single / count) * args.n / batch:.1f}x"]]  # fmt: skip
     rows.append([f"one infer.py call per item ({count} timed, extrapolated)", args.n,
                  f"{single / count * args.n:.1f}", f"{count / single:.2f}", "1.0x"])  # fmt: skip
+    for devices, seconds in spread.items():
+        rows.append([f"infer.py batch mode, Lightning predict loop, devices={devices}", args.n, f"{seconds:.1f}",
+                     f"{args.n / seconds:.2f}", f"{(single / count) * args.n / seconds:.1f}x"])  # fmt: skip
     if opencv is not None:
         rows.append(["Python loop over cv2.seamlessClone (CPU)", args.n, f"{opencv:.1f}", f"{args.n / opencv:.2f}",
                      f"{(single / count) * args.n / opencv:.1f}x"])  # fmt: skip
@@ -147,7 +165,44 @@ def main() -> None:
         rows.append(["Python loop over cv2.seamlessClone", "-", "-", "-", "cv2 not installed"])
     print(f"poisson (spectral), {args.size}x{args.size} RGB crops of scikit-image photographs, files to files")
     print(f"device: {device_name(device)}; CPU cores: {os.cpu_count()}; torch {torch.__version__}")
-    print(markdown_table(["mode", "items", "seconds", "items/s", "speed-up vs single calls"], rows))
+    header = ["mode", "items", "seconds", "items/s", "speed-up vs single calls"]
+    if opencv is not None:  # the rate of each mode against OpenCV's loop
+        header.append("vs OpenCV loop")
+        for row in rows:
+            row.append(f"{float(row[3]) / (args.n / opencv):.2f}x")
+    print(markdown_table(header, rows))
+    print(png_encoding(args.size))
+
+
+def png_encoding(size: int, repeats: int = 20) -> str:
+    """Encoding one RGB photo crop as PNG: Pillow at zlib's default level against the writer of fusion."""
+    import io
+
+    from fusion.data.io import write_image
+
+    photo = _photos(size)[0][:size, :size]
+    tensor = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
+
+    def pillow() -> int:
+        buffer = io.BytesIO()
+        Image.fromarray(photo).save(buffer, format="PNG")
+        return buffer.tell()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_path = Path(tmp) / "x.png"
+
+        def ours() -> int:
+            write_image(ours_path, tensor)
+            return ours_path.stat().st_size
+
+        rows = []
+        for name, fn in (("Pillow, zlib default level (6)", pillow), ("fusion's write_image (level 1, RLE)", ours)):
+            fn()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                nbytes = fn()
+            rows.append([name, f"{(time.perf_counter() - start) / repeats * 1000:.1f}", f"{nbytes / 1024:.0f}"])
+    return f"PNG encoding of one {size}x{size} photo crop\n" + markdown_table(["encoder", "ms", "KiB"], rows)
 
 
 if __name__ == "__main__":

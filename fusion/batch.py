@@ -24,6 +24,7 @@ runs :func:`infer_batch`:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -40,7 +41,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from fusion import ConvergenceWarning
 from fusion.batch_items import Item, read_folders, read_manifest
-from fusion.data.io import atomic_output, output_set, read_image, read_mask, save_side_by_side, write_image
+from fusion.batch_writer import OutputWriter, Progress, writer_threads
+from fusion.data.io import (
+    as_float,
+    atomic_output,
+    output_set,
+    read_image,
+    read_mask,
+    save_side_by_side,
+    write_image,
+)
 from fusion.errors import one_line
 from fusion.infer_files import (
     check_inputs,
@@ -144,14 +154,15 @@ class _ItemDataset(torch.utils.data.Dataset):
         if item.error is not None:
             raise ValueError(item.error)
         inputs = item.inputs
-        fg, bg = read_image(inputs["fg"], what="fg"), read_image(inputs["bg"], what="bg")
+        # 8-bit files travel to the computing process as bytes (a quarter of the float32 size); as_float there
+        fg, bg = read_image(inputs["fg"], what="fg", as_bytes=True), read_image(inputs["bg"], what="bg", as_bytes=True)
         depth = result_depth(OmegaConf.create({"out_depth": self.out_depth}), inputs)
         mask = None
         if self.spec.needs_mask:
             mask = read_mask(inputs["mask"], what="mask")
             check_inputs(fg, bg, mask, inputs, require_blend_region=True)
             if item.offset is not None or fg.shape[-2:] != bg.shape[-2:]:
-                fg, mask = place_source(fg, mask, bg, item.offset)
+                fg, mask = place_source(as_float(fg), mask, as_float(bg), item.offset)
         elif fg.shape[1] != bg.shape[1] or fg.shape[-2:] != bg.shape[-2:]:
             raise ValueError(f"fg is {tuple(fg.shape[1:])} and bg is {tuple(bg.shape[1:])} (C, H, W); "
                              f"{self.spec.name} needs equal shapes")  # fmt: skip
@@ -160,6 +171,14 @@ class _ItemDataset(torch.utils.data.Dataset):
 
 def _identity(sample: Any) -> Any:
     return sample
+
+
+def _stack(samples: list[dict[str, Any]], key: str, device: torch.device) -> torch.Tensor:
+    """The samples' ``key`` images as one float32 batch on ``device`` (bytes are moved first, then converted)."""
+    images = [s[key] for s in samples]
+    if all(x.dtype == torch.uint8 for x in images):
+        return as_float(torch.stack(images).to(device))
+    return torch.stack([as_float(x) for x in images]).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,6 +242,21 @@ def _out_dir(cfg: DictConfig) -> Path:
     return out_dir
 
 
+def _remove_stale_temporaries(out_dir: Path, before_ns: int) -> None:
+    """Delete the temporary files (``.NAME.*.part``, see :func:`fusion.data.io.atomic_output`) that a run killed
+    mid-write left in ``out_dir``: those older than this run, so another rank's file being written is kept."""
+    for path in out_dir.rglob(".*.part"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime_ns < before_ns:
+                path.unlink()
+
+
+def _compute_threads(num_workers: int) -> int:
+    """Torch threads of the method's calls on a CPU: the cores left by the reading workers and the writer threads
+    (at least one). Oversubscribed, torch's thread pool waits on busy cores and runs slower than one thread."""
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - num_workers - writer_threads()))
+
+
 def _write_results(path: Path, rows: Sequence[Mapping[str, Any] | None]) -> None:
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
@@ -255,8 +289,7 @@ class _Runner:
 
     def call(self, samples: list[dict[str, Any]]) -> tuple[MethodOutput, list[bool], list[str]]:
         """One method call on ``samples`` stacked; the per-sample converged flags and warning texts."""
-        fg = torch.stack([s["fg"] for s in samples]).to(self.device)
-        bg = torch.stack([s["bg"] for s in samples]).to(self.device)
+        fg, bg = _stack(samples, "fg", self.device), _stack(samples, "bg", self.device)
         mask = None if samples[0]["mask"] is None else torch.stack([s["mask"] for s in samples]).to(self.device)
         converged, notes = [True] * len(samples), [""] * len(samples)
         with warnings.catch_warnings(record=True) as caught:
@@ -294,6 +327,8 @@ class _Runner:
             if len(samples) > 1:
                 return [outcome for sample in samples for outcome in self.compute([sample])]
             return [{"sample": samples[0], "error": _text(err), "seconds": time.perf_counter() - start}]
+        low, high = output.result.detach().flatten(1).aminmax(dim=1)  # a NaN propagates, an Inf is the min or max
+        finite = (low.isfinite() & high.isfinite()).tolist()  # once per batch, in the computing thread
         share = (time.perf_counter() - start) / len(samples)
         alone = len(samples) == 1
         return [
@@ -301,6 +336,7 @@ class _Runner:
                 "sample": s,
                 "output": _sample_output(output, i, alone),
                 "converged": converged[i],
+                "finite": finite[i],
                 "note": notes[i],
                 "seconds": share,
             }  # fmt: skip
@@ -315,7 +351,7 @@ class _Runner:
         if "error" in outcome:
             return _row(item, "failed", outcome["seconds"], None, outcome["error"])
         try:
-            self.write(item, outcome["output"], sample)
+            self.write(item, outcome["output"], sample, outcome["finite"])
         except (ValueError, TypeError, RuntimeError, OSError) as err:
             return _row(item, "failed", outcome["seconds"] + time.perf_counter() - began, None, _text(err))
         if not outcome["converged"]:
@@ -327,15 +363,10 @@ class _Runner:
         """:meth:`compute` on each group of equal-shaped ``samples``."""
         return [outcome for group in _buckets(iter(samples), len(samples)) for outcome in self.compute(group)]
 
-    def process(self, samples: list[dict[str, Any]]) -> None:
-        """:meth:`compute` then :meth:`finish` every outcome, recording its row."""
-        for outcome in self.compute(samples):
-            self.rows[outcome["sample"]["index"]] = self.finish(outcome)
-
-    def write(self, item: Item, output: MethodOutput, sample: dict[str, Any]) -> None:
-        result = output.result
-        if not bool(torch.isfinite(result).all()):
+    def write(self, item: Item, output: MethodOutput, sample: dict[str, Any], outcome_finite: bool) -> None:
+        if not outcome_finite:
             raise RuntimeError(f"method {self.spec.name!r} returned NaN or Inf values")
+        result = output.result
         target = self.out_dir / f"{item.id}.png"
         outputs = {"result": target}
         if self.side_by_side:
@@ -346,7 +377,7 @@ class _Runner:
         with output_set():
             written.append(write_image(target, result, depth=sample["depth"]))
             if self.side_by_side:
-                fg, bg = sample["fg"][None].to(result), sample["bg"][None].to(result)
+                fg, bg = as_float(sample["fg"][None]).to(result), as_float(sample["bg"][None]).to(result)
                 if sample["mask"] is not None:
                     mask = sample["mask"][None].to(result)
                     panels, labels = (
@@ -415,6 +446,7 @@ def infer_batch(cfg: DictConfig) -> dict[str, Path]:
     from fusion.options import check_options, check_value
     from fusion.runs import load_network
 
+    started_ns = time.time_ns()
     name, raw = method_params(cfg.method)
     spec = method_spec(name)
     params = dict(raw)
@@ -455,6 +487,8 @@ def infer_batch(cfg: DictConfig) -> dict[str, Path]:
             rows[index] = _row(item, "skipped", message="output and stamp match")
         else:
             pending.append((index, item))
+    if out_dir.is_dir():
+        _remove_stale_temporaries(out_dir, started_ns)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "results.csv"
     _write_results(results, rows)
@@ -472,9 +506,27 @@ def infer_batch(cfg: DictConfig) -> dict[str, Path]:
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, collate_fn=_identity, num_workers=options["num_workers"]
         )
-        for samples in _buckets(iter(loader), options["batch_size"]):
-            runner.process(samples)
-            _write_results(results, rows)
+        progress, done = Progress(len(pending)), [0]
+        threads = torch.get_num_threads()
+        if device.type == "cpu":  # leave cores to the reading workers and the writer threads
+            torch.set_num_threads(_compute_threads(options["num_workers"]))
+
+        def record(index: int, row: dict[str, Any]) -> None:
+            rows[index] = row
+            done[0] += 1
+
+        window = 2 * options["batch_size"]
+        try:
+            with OutputWriter(runner.finish, record, workers=writer_threads(), window=window) as writer:
+                for samples in _buckets(iter(loader), options["batch_size"]):
+                    for outcome in runner.compute(samples):  # written while the next batch is read and computed
+                        writer.submit(outcome["sample"]["index"], outcome)
+                    progress.update_to(done[0])
+                    _write_results(results, rows)
+        finally:
+            torch.set_num_threads(threads)
+            progress.update_to(done[0])
+            progress.close()
     _write_results(results, rows)
 
     counts = {

@@ -25,13 +25,15 @@ class Item:
     """One row of a batch run: its id, its input files and where fg goes on bg.
 
     ``error`` is set for a row that is known to be bad before anything is read (a missing input in folder mode, a
-    malformed offset); such a row is recorded as failed.
+    malformed offset); such a row is recorded as failed. ``ref`` is the reference image of a manifest's optional
+    ``ref`` column (used by ``python -m fusion.compare``; batch inference ignores it).
     """
 
     id: str
     inputs: dict[str, Path]
     offset: tuple[int, int] | None = None
     error: str | None = None
+    ref: Path | None = None
 
 
 def _check_id(value: str, where: str) -> str:
@@ -64,14 +66,24 @@ def read_manifest(
     """The items of a CSV manifest.
 
     The header must hold ``fg``, ``bg`` and (unless ``needs_mask`` is false) ``mask``; ``id``, ``offset_y`` and
-    ``offset_x`` are optional. Relative paths resolve against the manifest's folder. An empty ``id`` (or no ``id``
-    column) takes the fg file's stem, made unique with ``-2``, ``-3``, ...; ids given in the column must be unique.
+    ``offset_x`` are optional, and so is ``ref`` (a reference image, :attr:`Item.ref`). Relative paths resolve against
+    the manifest's folder. An empty ``id`` (or no ``id`` column) takes the fg file's stem, made unique with ``-2``,
+    ``-3``, ...; ids given in the column must be unique.
     A row with a malformed offset becomes an :class:`Item` with ``error`` set.
 
     Raises:
         FileNotFoundError: no manifest at ``path``.
         ValueError: unreadable manifest: bad header, missing columns, no rows, an empty path, duplicate or
             unusable ids.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> rows = ["fg,bg,mask,offset_y,offset_x", "a/cat.png,b.png,m.png,,", "c/cat.png,b.png,m.png,4,8"]
+        >>> _ = (folder / "items.csv").write_text(chr(10).join(rows))
+        >>> [(item.id, item.inputs["fg"].relative_to(folder).as_posix(), item.offset)
+        ...  for item in read_manifest(folder / "items.csv")]
+        [('cat', 'a/cat.png', None), ('cat-2', 'c/cat.png', (4, 8))]
     """
     path = Path(path)
     if not path.is_file():
@@ -128,7 +140,8 @@ def read_manifest(
             item_offset = _row_offset(row, offset)
         except ValueError as err:
             item_offset, error = None, str(err)
-        items.append(Item(item_id, inputs, item_offset, error))
+        ref = (folder / Path(row["ref"]).expanduser()).resolve() if row.get("ref") else None
+        items.append(Item(item_id, inputs, item_offset, error, ref))
     return items
 
 
@@ -154,6 +167,15 @@ def read_folders(folders: Mapping[str, str | os.PathLike[str]], *, offset: tuple
     Raises:
         FileNotFoundError: a folder does not exist.
         ValueError: a folder holds two images of one stem, or the fg folder holds no image.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("fg/x.png", "fg/y.png", "bg/x.jpg", "bg/y.png", "mask/x.png"):
+        ...     (root / name).parent.mkdir(exist_ok=True)
+        ...     _ = (root / name).write_bytes(b"")
+        >>> [(item.id, item.error) for item in read_folders({k: root / k for k in ("fg", "bg", "mask")})]
+        [('x', None), ('y', "no file with stem 'y' in mask_dir")]
     """
     files = {key: _by_stem(Path(folder), key) for key, folder in folders.items()}
     if not files["fg"]:

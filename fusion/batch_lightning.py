@@ -12,7 +12,9 @@ nodes). Every rank must see the same ``out_dir`` (a shared file system across no
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from fusion.batch_writer import OutputWriter, Progress, writer_threads
 from fusion.data.io import atomic_output
 
 __all__ = ["RankBatches", "plan_batches", "predict_items"]
@@ -34,6 +37,15 @@ def _rows_to_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id"])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _quiet_lightning() -> None:
+    """Batch mode reports items, not the trainer: silence Lightning's start-up notes (accelerators, tips) and the
+    warning about our own batch sampler (it deals every item once, on purpose) in this process."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
 
 
 def _as_list(sample: Any) -> Any:
@@ -69,6 +81,13 @@ class RankBatches(torch.utils.data.Sampler):
     """The batches of one rank: ``batches[rank::world]``, without padding (a rank may get one batch fewer).
 
     A rank left without work gets one empty batch (the predict loop refuses a rank with none): no item is repeated.
+
+    Example:
+        >>> batches = [[0, 1], [2, 3], [4]]
+        >>> [list(RankBatches(batches, rank, world=2)) for rank in (0, 1)]
+        [[[0, 1], [4]], [[2, 3]]]
+        >>> list(RankBatches(batches[:1], rank=1, world=2))
+        [[]]
     """
 
     def __init__(self, batches: Sequence[list[int]], rank: int, world: int) -> None:
@@ -96,26 +115,67 @@ class _Predictor(L.LightningModule):
             self.dataset, batch_sampler=mine, collate_fn=_as_list, num_workers=self.workers
         )
 
+    def setup(self, stage: str) -> None:
+        _quiet_lightning()  # in every rank's process (spawned ranks start with fresh logging and warning filters)
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[dict[str, Any]]:
         self.runner.device = self.device
         self.runner.params.update(dict(self.networks.items()))
         return self.runner.compute_groups(batch)
 
 
-class _RowWriter(BasePredictionWriter):
-    """Writes each outcome's files and stamp (:meth:`fusion.batch._Runner.finish`) and the rank's rows."""
+def _count_rows(parts: Path) -> int:
+    """Rows in the ranks' part files so far (each is replaced whole, so a read never sees half a file)."""
+    count = 0
+    for part in parts.glob("rank*.csv"):
+        try:
+            with open(part, newline="") as handle:
+                count += max(0, sum(1 for _ in handle) - 1)
+        except OSError:
+            continue
+    return count
 
-    def __init__(self, runner: Any, parts: Path) -> None:
+
+class _RowWriter(BasePredictionWriter):
+    """Writes each outcome's files and stamp (:meth:`fusion.batch._Runner.finish`, in writer threads while the
+    next batch computes) and the rank's rows; global rank 0 shows the progress of all ranks."""
+
+    def __init__(self, runner: Any, parts: Path, total: int, window: int) -> None:
         super().__init__(write_interval="batch")
-        self.runner, self.parts, self.rows = runner, parts, []
+        self.runner, self.parts, self.total, self.window = runner, parts, total, window
+        self.rows: list[dict[str, Any]] = []
+        self.writer: OutputWriter | None = None
+        self.progress: Progress | None = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.writer = OutputWriter(self.runner.finish, lambda _, row: self.rows.append(row),
+                                   workers=writer_threads(), window=self.window)  # fmt: skip
+        if trainer.global_rank == 0:
+            self.progress = Progress(self.total)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):  # noqa: ANN001
-        self.rows.extend(self.runner.finish(outcome) for outcome in prediction)
+        for outcome in prediction:
+            self.writer.submit(None, outcome)
+        self._flush(trainer)
+
+    def _flush(self, trainer) -> None:  # noqa: ANN001
         _rows_to_csv(self.parts / f"rank{trainer.global_rank}.csv", self.rows)
+        if self.progress is not None:
+            self.progress.update_to(_count_rows(self.parts))
 
     def on_predict_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-        _rows_to_csv(self.parts / f"rank{trainer.global_rank}.csv", self.rows)
+        self.writer.close()
+        self._flush(trainer)
         trainer.strategy.barrier()
+        if self.progress is not None:
+            self.progress.update_to(_count_rows(self.parts))
+            self.progress.close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # noqa: ANN001
+        if self.writer is not None:
+            self.writer.__exit__(type(exception), exception, None)
+        if self.progress is not None:
+            self.progress.close()
 
 
 def predict_items(runner: Any, dataset: torch.utils.data.Dataset, options: dict[str, Any]) -> bool:
@@ -127,6 +187,7 @@ def predict_items(runner: Any, dataset: torch.utils.data.Dataset, options: dict[
     Returns:
         Whether this process is global rank 0 (the one that writes ``results.csv`` and the summary).
     """
+    _quiet_lightning()
     parts = runner.out_dir / PARTS_DIR
     accelerator = "cpu" if runner.device.type == "cpu" else "gpu"
     devices, num_nodes = options["devices"] or 1, options["num_nodes"]
@@ -144,7 +205,7 @@ def predict_items(runner: Any, dataset: torch.utils.data.Dataset, options: dict[
         enable_model_summary=False,
         use_distributed_sampler=False,
         inference_mode=False,  # methods that optimise (deep_blend) need autograd inside their call
-        callbacks=[_RowWriter(runner, parts)],
+        callbacks=[_RowWriter(runner, parts, len(dataset), 2 * options["batch_size"])],
     )
     if trainer.global_rank == 0:
         shutil.rmtree(parts, ignore_errors=True)  # rows of an earlier, interrupted run

@@ -214,13 +214,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Generic over models: the data module, the LightningModule, the trainer, every callback of ``cfg.callbacks``
     and every logger of ``cfg.logger`` are built with ``hydra.utils.instantiate``. ``cfg.seed`` seeds everything;
-    ``cfg.ckpt_path`` resumes (``last``: ``last.ckpt`` of the checkpoint callback's folder, or a path) after the
-    checkpoint has been checked to load with ``weights_only=True``. The config is saved in the run directory
-    (``cfg.paths.output_dir/.hydra/config.yaml``), from which inference rebuilds the model.
+    ``cfg.ckpt_path`` resumes after the checkpoint has been checked to load with ``weights_only=True``: ``auto``
+    (the default) continues from the run folder's newest checkpoint when it holds one (``last.ckpt`` of the
+    checkpoint callback's folder, or the ``hpc_ckpt_N.ckpt`` of a SLURM requeue) and starts fresh otherwise;
+    ``last`` requires one; ``null`` always starts fresh; anything else is the path of a checkpoint. The config is
+    saved in the run directory (``cfg.paths.output_dir/.hydra/config.yaml``), from which inference rebuilds the
+    model.
+
+    Checkpoints are written atomically (:class:`fusion.models.callbacks.AtomicCheckpointIO`). Under SLURM the
+    trainer gets Lightning's ``SLURMEnvironment``; with ``cfg.slurm_requeue`` it saves ``hpc_ckpt_N.ckpt`` and
+    requeues the job on ``SIGUSR1``, except in jobs of the submitit launcher, which requeues them itself.
 
     Returns:
         ``{"run_dir": Path, "config": Path, "last_checkpoint": Path, "best_checkpoint": Path, "global_step":
-        int, "metrics": {name: float}}``; checkpoint entries only when written.
+        int, "metrics": {name: float}, "optimized_metric": float}``; checkpoint entries only when written,
+        ``optimized_metric`` (the value of the metric named by ``cfg.optimized_metric`` at the end of training,
+        what a hyperparameter search minimises or maximises) only when the config names one.
 
     Raises:
         ValueError, TypeError, FileNotFoundError: bad config or input (turned into ``error: ...`` by the CLI).
@@ -232,10 +241,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from fusion.options import check_value
 
     check_value(cfg.get("seed"), int | None, "seed")
-    check_value(cfg.get("ckpt_path"), str | None, "ckpt_path")
+    check_value(cfg.get("ckpt_path", "auto"), str | None, "ckpt_path")
+    check_value(cfg.get("optimized_metric"), str | None, "optimized_metric")
+    check_value(cfg.get("slurm_requeue", True), bool, "slurm_requeue")
     output_dir = Path(to_absolute_path(str(cfg.paths.output_dir)))
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and str(ckpt_path) != "last":  # vet an explicit checkpoint before anything is built
+    ckpt_path = cfg.get("ckpt_path", "auto")
+    if ckpt_path is not None and str(ckpt_path) not in ("auto", "last"):  # vet an explicit checkpoint first
         load_checkpoint(resume_path(ckpt_path, output_dir))
 
     import lightning as L
@@ -247,7 +258,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name, node in (cfg.get("callbacks") or {}).items()
         if node is not None and "_target_" in node
     ]
-    resume = resume_path(ckpt_path, checkpoint_dir(callbacks, output_dir))
+    resume = resume_path(ckpt_path, checkpoint_dir(callbacks, output_dir), output_dir)
     checkpoint = load_checkpoint(resume) if resume is not None else None
     step = checkpoint.get("global_step", 0) if checkpoint is not None else 0
     datamodule = instantiate(cfg.data, "data")
@@ -256,7 +267,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_state_fits(checkpoint["state_dict"], model.state_dict(), resume, "the model of this run")
         del checkpoint
     loggers = _build_loggers(cfg.get("logger"), output_dir)
-    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    plugins = _trainer_plugins(cfg)
+    trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=plugins)
     config_path = save_run_config(cfg, output_dir)
     if resume is not None:
         print(f"resuming from {resume} at global step {step}")
@@ -284,4 +296,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if checkpoint_callback.best_model_path:
             result["best_checkpoint"] = Path(checkpoint_callback.best_model_path)
     result["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.get("optimized_metric") is not None:
+        metric = str(cfg.optimized_metric)
+        result["optimized_metric"] = _optimized_metric(metric, result["metrics"], checkpoint_callback)
     return result
+
+
+def _trainer_plugins(cfg: DictConfig) -> list[Any]:
+    """The trainer's plugins: the atomic checkpoint writer and, under SLURM, Lightning's ``SLURMEnvironment``
+    (auto-requeue on ``SIGUSR1`` unless submitit runs the job or ``cfg.slurm_requeue`` is false; not for processes
+    started by ``torchrun``, which Lightning gives its torchelastic environment). A config cannot
+    name plugins itself (:func:`fusion.runs.check_targets` refuses their targets)."""
+    import signal
+
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    from fusion.models.callbacks import AtomicCheckpointIO
+
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect() and not TorchElasticEnvironment.detect():  # torchrun inside an allocation: its own
+        submitit_job = bool(os.environ.get("SUBMITIT_EXECUTOR"))  # submitit owns the signal and the requeue
+        requeue = bool(cfg.get("slurm_requeue", True)) and not submitit_job
+        plugins.append(SLURMEnvironment(auto_requeue=requeue, requeue_signal=signal.SIGUSR1))
+    return plugins
+
+
+def _optimized_metric(name: str, metrics: dict[str, float], checkpoint_callback: Any) -> float:
+    """The value of ``name`` at the end of training; for a resumed run that had nothing left to train, the best
+    value the checkpoint callback kept when it monitors that metric."""
+    if name in metrics:
+        return metrics[name]
+    if checkpoint_callback is not None and checkpoint_callback.monitor == name:
+        score = checkpoint_callback.best_model_score
+        if score is not None:
+            return float(score)
+    known = ", ".join(sorted(metrics)) or "none"
+    raise ValueError(f"optimized_metric={name!r} was not logged by this run; logged metrics: {known}")

@@ -8,6 +8,10 @@
 * Checkpoints: :func:`load_checkpoint` reads with ``weights_only=True``; :func:`load_network` rebuilds one network
   of a finished run from its saved config and loads its weights (``model.generator`` of GP-GAN, ``model.network``
   of FusionVAE and its baselines).
+* Resuming: :func:`resume_path` finds the checkpoint a run continues from (``ckpt_path=auto``: the newest of the run
+  folder's ``last.ckpt`` and the ``hpc_ckpt_N.ckpt`` Lightning writes on SLURM's requeue signal, if there is one),
+  and :func:`start_run_dir` gives a named run (``run_name=NAME``) started again its old folder back, so a requeued
+  job continues where it stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "claim_run_dir",
     "discard_claimed_run_dir",
     "expect_run_dir",
+    "holds_checkpoint",
     "instantiate",
     "load_checkpoint",
     "load_network",
@@ -74,10 +79,54 @@ def claim_run_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def start_run_dir(pattern: str | os.PathLike[str]) -> Path:
-    """:func:`claim_run_dir`, remembered as this process's run folder (see :func:`discard_claimed_run_dir`)."""
+    """:func:`claim_run_dir`, remembered as this process's run folder (see :func:`discard_claimed_run_dir`).
+
+    A folder at ``pattern`` where a run already started (it holds a checkpoint, :func:`holds_checkpoint`, or the
+    config Hydra saved, ``.hydra/config.yaml``) is that run started again: a named run (``run_name=NAME``) requeued
+    by SLURM or restarted by hand. It is returned as it is, to be resumed, and never removed. Timestamped folders
+    never exist beforehand, so every other run still gets a new folder.
+
+    In a launch of several processes that each start ``train.py`` (``srun`` with ``SLURM_NTASKS`` > 1, ``torchrun``
+    with ``WORLD_SIZE`` > 1) every process joins the folder instead of claiming one, so all of them need the same
+    folder name (``run_name=NAME`` or ``hydra.run.dir``), not a timestamp.
+    """
     global _claimed_run_dir
+    given = Path(pattern).absolute()
+    if holds_checkpoint(given) or (given / ".hydra" / "config.yaml").is_file():
+        _claimed_run_dir = None
+        return given
+    if _launched_processes() > 1:
+        given.mkdir(parents=True, exist_ok=True)
+        _claimed_run_dir = None
+        return given
     _claimed_run_dir = claim_run_dir(pattern)
     return _claimed_run_dir
+
+
+def _launched_processes() -> int:
+    """How many processes the launcher (``srun``, ``torchrun``) started, each running ``train.py`` itself."""
+    counts = [os.environ.get(key, "") for key in ("WORLD_SIZE", "SLURM_NTASKS")]
+    return max([int(n) for n in counts if n.isdigit()] or [1])
+
+
+def holds_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from: ``checkpoints/last.ckpt`` or ``hpc_ckpt_N.ckpt``."""
+    folder = Path(run_dir)
+    return (folder / "checkpoints" / "last.ckpt").is_file() or bool(_hpc_checkpoints(folder))
+
+
+def _name_or(name: Any, default: Any) -> str:
+    """``name`` unless it is null or empty, else ``default`` (the ``fusion_name_or`` resolver of the run folders)."""
+    if name is None or str(name) == "":
+        return str(default)
+    text = str(name)
+    if "/" in text or text in (".", ".."):
+        raise ValueError(f"run_name must be a plain folder name, got {text!r}")
+    return text
+
+
+if not OmegaConf.has_resolver("fusion_name_or"):
+    OmegaConf.register_new_resolver("fusion_name_or", _name_or)
 
 
 def expect_run_dir(path: str | os.PathLike[str]) -> None:
@@ -332,17 +381,43 @@ def checkpoint_dir(callbacks: Sequence[Any], output_dir: Path) -> Path:
     return output_dir / "checkpoints"
 
 
-def resume_path(ckpt_path: Any, checkpoint_dir: Path) -> Path | None:
+def _hpc_checkpoints(run_dir: Path) -> list[Path]:
+    """The ``hpc_ckpt_N.ckpt`` files Lightning's SLURM requeue handler wrote into ``run_dir``, by ``N``."""
+    found = []
+    for path in run_dir.glob("hpc_ckpt_*.ckpt"):
+        number = path.stem.removeprefix("hpc_ckpt_")
+        if number.isdigit() and path.is_file():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def resume_path(ckpt_path: Any, checkpoint_dir: Path, run_dir: Path | None = None) -> Path | None:
+    """The checkpoint a run resumes from, or ``None`` to start fresh.
+
+    Args:
+        ckpt_path: ``None`` (start fresh), ``"auto"`` (the newest of ``checkpoint_dir/last.ckpt`` and the
+            highest ``run_dir/hpc_ckpt_N.ckpt`` when the run folder holds one, else start fresh), ``"last"``
+            (the same, but one must exist) or the path of a checkpoint.
+        checkpoint_dir: the folder of the checkpoint callback (``<run dir>/checkpoints``).
+        run_dir: the run folder (Lightning's ``default_root_dir``), where the requeue checkpoints go.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path=last`` and the run folder holds no checkpoint.
+    """
     if ckpt_path is None:
         return None
-    if str(ckpt_path) == "last":
-        path = checkpoint_dir / "last.ckpt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last but {path} does not exist; resume in the interrupted run's directory with "
-                "hydra.run.dir=RUN_DIR, or pass ckpt_path=PATH"
-            )
-        return path
+    if str(ckpt_path) in ("auto", "last"):
+        candidates = [checkpoint_dir / "last.ckpt"] if (checkpoint_dir / "last.ckpt").is_file() else []
+        if run_dir is not None:
+            candidates += _hpc_checkpoints(run_dir)[-1:]
+        if candidates:  # the one written last; on a tie, last.ckpt
+            return max(enumerate(candidates), key=lambda item: (item[1].stat().st_mtime_ns, -item[0]))[1]
+        if str(ckpt_path) == "auto":
+            return None
+        raise FileNotFoundError(
+            f"ckpt_path=last but {checkpoint_dir / 'last.ckpt'} does not exist; resume in the interrupted run's "
+            "directory with hydra.run.dir=RUN_DIR (or the same run_name=NAME), or pass ckpt_path=PATH"
+        )
     return Path(to_absolute_path(str(ckpt_path)))
 
 

@@ -41,6 +41,11 @@ CHEAP = {
         "method.progress=false",
     ],
     "gpgan": [],
+    "paste": [],
+    "feather": ["method.width=2"],
+    "laplacian_pyramid": ["method.levels=3"],
+    "mpb": [],
+    "msb": ["method.spacing=4"],
 }
 
 
@@ -418,3 +423,52 @@ def test_a_method_error_stays_with_its_item(tmp_path: Path, monkeypatch: pytest.
     rows = _results(out_dir)
     assert [rows[f"e{i}_fg"]["status"] for i in range(3)] == ["ok", "failed", "ok"]
     assert rows["e1_fg"]["message"] == "a black fg is refused"
+
+
+def test_resume_after_sigkill_of_two_processes(tmp_path: Path) -> None:
+    """devices=2: SIGKILL every process of the run mid-way (as a crashed node), run it again: each item ends ok
+    once, the finished ones are skipped with their files untouched, no temporary file is left."""
+    n = 40
+    paths = [_triplet(tmp_path, f"q{i}", 48, i) for i in range(n)]
+    manifest = _manifest(tmp_path, [_relative(p, tmp_path) for p in paths])
+    out_dir = tmp_path / "out"
+    args = ["device=cpu", f"manifest={manifest}", f"out_dir={out_dir}", "method.tol=1e-8", "devices=2"]
+    command = [sys.executable, str(ROOT / "infer.py"), *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    stamps = out_dir / ".stamps"
+    deadline = time.monotonic() + 300
+    try:
+        while not (stamps.is_dir() and len(list(stamps.glob("*.json"))) >= 2):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+        proc.wait()
+    done = {p.stem for p in stamps.glob("*.json")}
+    assert 2 <= len(done) < n, "the kill came too late to test resuming"
+    finished = {item: (out_dir / f"{item}.png").stat().st_mtime_ns for item in done}
+    rerun = _cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = _results(out_dir)
+    assert len(rows) == n
+    assert {k for k, row in rows.items() if row["status"] == "skipped"} == done
+    assert {row["status"] for row in rows.values()} <= {"ok", "skipped"}
+    assert {item: (out_dir / f"{item}.png").stat().st_mtime_ns for item in done} == finished
+    assert [p for p in out_dir.rglob("*.part")] == []
+    assert not (out_dir / ".parts").exists()
+
+
+def test_deep_blend_noise_start_batched_equals_single(tmp_path: Path) -> None:
+    """The default noise start: every item of a batch starts from the noise its single call draws."""
+    items = [_triplet(tmp_path, f"n{i}", 24, i) for i in range(3)]
+    manifest = _manifest(tmp_path, [_relative(paths, tmp_path) for paths in items])
+    options = ["method=deep_blend", "device=cpu", "method.vgg_weights=random", "method.stage1.max_iter=2",
+               "method.stage2.max_iter=2", "method.progress=false", "method.init=noise", "method.seed=3"]  # fmt: skip
+    infer(_cfg([*options, f"manifest={manifest}", f"out_dir={tmp_path / 'out'}", "batch_size=3"]))
+    for i, paths in enumerate(items):
+        single = tmp_path / f"single{i}.png"
+        infer(_cfg([*options, f"fg={paths['fg']}", f"bg={paths['bg']}", f"mask={paths['mask']}", f"out={single}"]))
+        batched = read_image(tmp_path / "out" / f"n{i}_fg.png")
+        assert float((batched - read_image(single)).abs().max()) <= 1 / 255 + 1e-6, i

@@ -491,8 +491,11 @@ def test_io_errors_name_the_path(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "range.npy"]
 
 
-def test_write_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
-    target = tmp_path / "keep.png"
+@pytest.mark.parametrize("name", ["keep.png", "keep.jpg"])  # OpenCV's PNG encoder, Pillow for the rest
+def test_write_is_atomic_on_failure(tmp_path, monkeypatch, name) -> None:
+    import fusion.data.io as io_module
+
+    target = tmp_path / name
     write_image(target, torch.zeros(1, 3, 2, 2))
     original = target.read_bytes()
 
@@ -500,10 +503,11 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(Image.Image, "save", explode)
+    monkeypatch.setattr(io_module, "_encode_png8", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         write_image(target, torch.ones(1, 3, 2, 2))
     assert target.read_bytes() == original
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 def test_side_by_side_mixes_gray_and_colour(tmp_path) -> None:

@@ -30,11 +30,16 @@ RANK = {
     "runs": 7,  # run folders, safe config instantiation, checkpoints
     "infer_files": 7,  # the inputs and outputs of one inference run
     "batch_items": 7,  # the items of a batch run: a manifest or three folders
+    "batch_writer": 7.2,  # writing a batch run's outputs in threads; its progress bar
     "batch_lightning": 7.4,  # several processes of a batch run (Lightning's predict loop)
     "batch": 7.5,  # batch inference over a manifest or folders
     "cli": 8,  # the command-line contract, on top of runs
     "pipeline": 8,  # infer and train
     "evaluate": 9,  # the evaluation command sits on top of the pipeline and the command-line contract
+    "compare_metrics": 9.1,  # the comparison's metrics, table and mean ± std
+    "compare_gallery": 9.1,  # the comparison's labelled gallery
+    "compare_benchmark": 9.2,  # the ground-truth benchmark built from photographs
+    "compare": 9.3,  # python -m fusion.compare: many methods on the same inputs
 }
 # What each part may import from inside the package, beyond itself.
 ALLOWED = {part: {other for other, rank in RANK.items() if rank < RANK[part]} for part in RANK}
@@ -51,6 +56,7 @@ FRAMEWORK_ALLOWED = {
     "batch": FRAMEWORKS,
     "batch_lightning": FRAMEWORKS,
     "evaluate": FRAMEWORKS,
+    "compare": FRAMEWORKS,
     "data": {"lightning", "pytorch_lightning"},  # the one exception: the DataModules sit beside their data sets
 }
 

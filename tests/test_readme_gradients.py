@@ -13,10 +13,15 @@ import torch
 
 from fusion.methods import (
     deep_blend,
+    feather_blend,
     gaussian_poisson_blend,
     gpgan_blend,
+    laplacian_pyramid_blend,
     linear_osmosis_blend,
+    mpb_blend,
+    msb_blend,
     ot_interpolate,
+    paste_blend,
     poisson_blend,
 )
 from fusion.methods.linear_osmosis import osmosis_filter
@@ -105,6 +110,25 @@ def _ot():
     return _named_grads(frames[1].square().sum() + frames[2].sum(), {"f0": fg, "f1": bg})
 
 
+def _baselines(which):
+    def run():
+        fg, bg, mask = _inputs()
+        if which == "soft":
+            out = paste_blend(fg, bg, mask) + laplacian_pyramid_blend(fg, bg, mask, levels=3) + mpb_blend(fg, bg, mask)
+            named = {"fg": fg, "bg": bg, "mask": mask}
+        elif which == "feather":
+            out = feather_blend(fg, bg, mask.detach(), width=2)
+            named = {"fg": fg, "bg": bg}
+            wide = _named_grads(feather_blend(fg, bg, mask, width=0).square().sum(), {"mask (width=0)": mask})
+        else:
+            out = msb_blend(fg, bg, mask.detach(), spacing=4)
+            named = {"fg": fg, "bg": bg}
+        grads = _named_grads((out * torch.linspace(0, 1, W, dtype=out.dtype)).square().sum(), named)
+        return {**grads, **wide} if which == "feather" else grads
+
+    return run
+
+
 RUNS = {
     '`poisson_blend`, `solver="spectral"`': _poisson("spectral"),
     '`poisson_blend`, `"exact"` / `"inertial"`': lambda: {
@@ -114,6 +138,9 @@ RUNS = {
     "`gaussian_poisson_blend`, `gpgan_blend`": _gp,
     "`osmosis_blend`, `osmosis_filter`, `linear_osmosis_blend`": _osmosis,
     "`ot_interpolate`": _ot,
+    "`paste_blend`, `laplacian_pyramid_blend`, `mpb_blend`": _baselines("soft"),
+    "`feather_blend`": _baselines("feather"),
+    "`msb_blend`": _baselines("msb"),
 }
 
 

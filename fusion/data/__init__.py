@@ -9,9 +9,6 @@ ellipse-masked views), one module per data set (:mod:`~fusion.data.mnist`, :mod:
 published layouts for tests, benchmarks and smoke runs.
 """
 
-from fusion.data.celeba import FusionCelebA
-from fusion.data.datamodule import FusionDataModule
-from fusion.data.digits import FusionDigits
 from fusion.data.io import (
     atomic_output,
     read_image,
@@ -21,9 +18,37 @@ from fusion.data.io import (
     write_gif,
     write_image,
 )
-from fusion.data.mnist import FusionMNIST
-from fusion.data.samplers import EpochSampler
-from fusion.data.tless import FusionTLESS
+
+# The data sets and the data module are imported on first use: the data module needs Lightning, whose import takes
+# seconds, and blending an image (infer.py, batch mode) needs only the IO helpers.
+_LAZY = ("EpochSampler", "FusionCelebA", "FusionDataModule", "FusionDigits", "FusionMNIST", "FusionTLESS")
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook (PEP 562)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from fusion.data.celeba import FusionCelebA
+    from fusion.data.datamodule import FusionDataModule
+    from fusion.data.digits import FusionDigits
+    from fusion.data.mnist import FusionMNIST
+    from fusion.data.samplers import EpochSampler
+    from fusion.data.tless import FusionTLESS
+
+    found = {
+        "EpochSampler": EpochSampler,
+        "FusionCelebA": FusionCelebA,
+        "FusionDataModule": FusionDataModule,
+        "FusionDigits": FusionDigits,
+        "FusionMNIST": FusionMNIST,
+        "FusionTLESS": FusionTLESS,
+    }
+    globals().update(found)
+    return found[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "EpochSampler",

@@ -81,8 +81,9 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
     return array.astype(np.float32) / scale
 
 
-def _pil_to_array(image: Image.Image, *, gray: bool) -> np.ndarray:
-    """Decoded pixels as float32 ``(H, W)`` or ``(H, W, 3)``, scaled to [0, 1] for integer modes."""
+def _pil_to_array(image: Image.Image, *, gray: bool, as_bytes: bool = False) -> np.ndarray:
+    """Decoded pixels as float32 ``(H, W)`` or ``(H, W, 3)``, scaled to [0, 1] for integer modes (``as_bytes``:
+    8-bit modes as their uint8 values)."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         # 16-bit grayscale (PNG, TIFF); Pillow reports some 16-bit files as 32-bit "I".
@@ -95,6 +96,8 @@ def _pil_to_array(image: Image.Image, *, gray: bool) -> np.ndarray:
         target = "RGB"
     if mode != target:
         image = image.convert(target)
+    if as_bytes:
+        return np.array(image, dtype=np.uint8)  # a copy: torch wants a writable array
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
@@ -165,8 +168,9 @@ def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _decode(path: Path, *, gray: bool) -> tuple[np.ndarray, int]:
-    """Pixels as float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], EXIF orientation applied, and the bits per channel."""
+def _decode(path: Path, *, gray: bool, as_bytes: bool = False) -> tuple[np.ndarray, int]:
+    """Pixels as float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1], EXIF orientation applied, and the bits per channel
+    (``as_bytes``: an 8-bit colour or grey file as its uint8 values)."""
     try:
         image = Image.open(path)
     except UnidentifiedImageError:
@@ -185,23 +189,25 @@ def _decode(path: Path, *, gray: bool) -> tuple[np.ndarray, int]:
                 else:
                     image.load()
                     depth = 32 if image.mode == "F" else 16 if image.mode in (*_SIXTEEN_BIT_MODES, "I") else 8
-                    array = _pil_to_array(image, gray=gray)
+                    array = _pil_to_array(image, gray=gray, as_bytes=as_bytes and depth == 8)
                 array = _orient(array, orientation)
     if gray and array.ndim == 3:
         array = np.clip(array @ _LUMA, 0.0, 1.0)
     return array, depth
 
 
-def _load(path: str | os.PathLike[str], what: str, *, gray: bool) -> np.ndarray:
+def _load(path: str | os.PathLike[str], what: str, *, gray: bool, as_bytes: bool = False) -> np.ndarray:
     path = _as_path(path)
     _check_file(path, what)
     if path.suffix.lower() == ".npy":
         array = _load_npy(path, what)
     else:
         try:
-            array, _ = _decode(path, gray=gray)
+            array, depth = _decode(path, gray=gray, as_bytes=as_bytes)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ValueError(f"cannot read {what} {path}: {err}") from None
+        if depth == 8 and array.size:
+            return array  # bytes / 255: finite and in [0, 1] by construction
     if array.size == 0:
         raise ValueError(f"{what} {path} is empty (shape {array.shape})")
     if not np.isfinite(array).all():
@@ -242,12 +248,13 @@ def image_depth(path: str | os.PathLike[str]) -> int:
         raise ValueError(f"cannot read {path}: {err}") from None
 
 
-def read_image(path: str | os.PathLike[str], *, what: str = "image") -> torch.Tensor:
+def read_image(path: str | os.PathLike[str], *, what: str = "image", as_bytes: bool = False) -> torch.Tensor:
     """Read a grayscale or RGB image as a ``(1, C, H, W)`` float32 tensor in [0, 1], ``C`` ∈ {1, 3}.
 
     Palette, alpha and other colour modes are converted to RGB (alpha is dropped). 16-bit files keep all 16 bits
     and float TIFFs their values; the EXIF orientation is applied. ``what`` names the input in error messages
-    (e.g. ``"fg"``).
+    (e.g. ``"fg"``). ``as_bytes``: an 8-bit file comes as its ``uint8`` values, a quarter of the memory to move
+    between processes; :func:`as_float` turns them into exactly the float32 values read without it.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -259,12 +266,23 @@ def read_image(path: str | os.PathLike[str], *, what: str = "image") -> torch.Te
         >>> img.shape, img.dtype
         (torch.Size([1, 3, 256, 320]), torch.float32)
     """
-    array = _load(path, what, gray=False)
+    array = _load(path, what, gray=False, as_bytes=as_bytes)
     if array.ndim == 2:
         array = array[:, :, None]
     if array.shape[2] not in (1, 3):
         raise ValueError(f"{what} {_as_path(path)} has {array.shape[2]} channels; expected 1 (grayscale) or 3 (RGB)")
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def as_float(image: torch.Tensor) -> torch.Tensor:
+    """An image of :func:`read_image` with ``as_bytes=True`` as float32 in [0, 1] (``uint8 / 255``, the values
+    ``read_image`` gives); a floating-point image unchanged.
+
+    Example:
+        >>> as_float(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        tensor([0.0000, 0.2000, 1.0000])
+    """
+    return image.to(torch.float32).div_(255.0) if image.dtype == torch.uint8 else image
 
 
 def read_mask(path: str | os.PathLike[str], *, what: str = "mask") -> torch.Tensor:
@@ -459,6 +477,11 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, depth: int
     path = _as_path(path)
     fmt = output_format(path)
     depth = output_depth(path, depth)
+    if fmt == "PNG" and depth == 8:
+        pixels = _to_uint8(_to_hwc(image))  # NumPy, one thread: batch runs write from several threads at once
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+            handle.write(_encode_png8(pixels, path))
+        return path
     array = np.clip(_to_hwc(image), 0.0, 1.0)
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         if fmt == "NPY":
@@ -485,6 +508,18 @@ def write_image(path: str | os.PathLike[str], image: torch.Tensor, *, depth: int
         else:
             Image.fromarray(_to_uint8(array)).save(handle, format=fmt)
     return path
+
+
+def _encode_png8(pixels: np.ndarray, path: Path) -> bytes:
+    """An 8-bit grey or RGB PNG, encoded by OpenCV with zlib level 1 and run-length matching: lossless like any PNG,
+    about 2% larger than zlib's default level and four times faster to write (batch mode writes thousands)."""
+    import cv2
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, encoded = cv2.imencode(".png", pixels if pixels.ndim == 2 else pixels[..., ::-1], params)  # BGR order
+    if not ok:
+        raise ValueError(f"cannot encode {path} as a PNG")
+    return encoded.tobytes()
 
 
 def write_gif(path: str | os.PathLike[str], frames: Sequence[torch.Tensor], *, seconds: float = 2.0) -> Path:

@@ -16,6 +16,7 @@ from fusion.methods.deep_image_blending import (
     deep_blend,
     deep_blend_solve,
 )
+from fusion.methods.feather import FeatherBlend, FeatherResult, feather_alpha, feather_blend, feather_solve
 from fusion.methods.gaussian_poisson import (
     GaussianPoissonBlend,
     GaussianPoissonResult,
@@ -24,6 +25,12 @@ from fusion.methods.gaussian_poisson import (
     gaussian_poisson_solve,
 )
 from fusion.methods.gpgan import GPGANBlend, GPGANResult, blending_gan_color, gpgan_blend, gpgan_solve
+from fusion.methods.laplacian_pyramid import (
+    LaplacianPyramidBlend,
+    LaplacianPyramidResult,
+    laplacian_pyramid_blend,
+    laplacian_pyramid_solve,
+)
 from fusion.methods.linear_osmosis import (
     LinearOsmosisBlend,
     linear_osmosis_blend,
@@ -31,8 +38,11 @@ from fusion.methods.linear_osmosis import (
     osmosis_filter,
     solve_u_block,
 )
+from fusion.methods.mpb import MPBBlend, MPBResult, mpb_blend, mpb_solve
+from fusion.methods.msb import MSBBlend, MSBResult, msb_blend, msb_solve
 from fusion.methods.osmosis import OsmosisBlend, OsmosisResult, alpha_map, osmosis_blend, osmosis_solve
 from fusion.methods.ot import OTInterpolate, OTResult, ot_interpolate, ot_solve
+from fusion.methods.paste import PasteBlend, paste_blend, paste_solve
 from fusion.methods.poisson import (
     PoissonBlend,
     guidance_field,
@@ -98,4 +108,24 @@ __all__ = [
     "GaussianPoissonResult",
     "gaussian_poisson_level",
     "register",
+    "FeatherBlend",
+    "FeatherResult",
+    "feather_alpha",
+    "feather_blend",
+    "feather_solve",
+    "LaplacianPyramidBlend",
+    "LaplacianPyramidResult",
+    "laplacian_pyramid_blend",
+    "laplacian_pyramid_solve",
+    "MPBBlend",
+    "MPBResult",
+    "mpb_blend",
+    "mpb_solve",
+    "MSBBlend",
+    "MSBResult",
+    "msb_blend",
+    "msb_solve",
+    "PasteBlend",
+    "paste_blend",
+    "paste_solve",
 ]

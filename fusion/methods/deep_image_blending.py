@@ -46,7 +46,8 @@ stopped at a tolerance (then clipped) is not.
 
 Batches. Every loss is per sample and the optimiser is per sample; ``init="noise"`` draws the noise of the
 whole batch from ``generator`` in one call, so a sample's start depends on its position in the batch — pass
-``init`` as a tensor for starts that do not.
+``init`` as a tensor for starts that do not. The command line (:func:`deep_blend_cli`, and so batch mode) gives
+every sample the noise its ``seed`` draws alone, so an item of a batch starts as its single call does.
 
 Entry points (:mod:`fusion.methods.contract`): :func:`deep_blend` returns the image; :func:`deep_blend_solve`
 the same image in a :class:`DeepBlendResult` with the stage-1 blend and each stage's record (objective and
@@ -559,8 +560,14 @@ def deep_blend_cli(
     check_int(seed, "seed")
     check_int(intermediate_frames, "intermediate_frames", minimum=2)
     save = check_flag(save_intermediate, "save_intermediate")
-    result = deep_blend_solve(fg, bg, mask, vgg_weights=vgg_weights, stage1=stage1, stage2=stage2, init=init,
-                              generator=torch.Generator().manual_seed(seed), frames=intermediate_frames if save else 0,
+    start = init
+    if isinstance(init, str) and init == "noise" and isinstance(bg, torch.Tensor) and bg.ndim == 4:
+        # every sample draws the same seeded noise, so an item of a batch run starts as its single call does
+        draws = [torch.rand(bg.shape[1:], generator=torch.Generator().manual_seed(seed), dtype=bg.dtype)
+                 for _ in range(bg.shape[0])]  # fmt: skip
+        start = torch.stack(draws).to(bg.device)
+    result = deep_blend_solve(fg, bg, mask, vgg_weights=vgg_weights, stage1=stage1, stage2=stage2, init=start,
+                              generator=None, frames=intermediate_frames if save else 0,
                               progress=progress, **options)  # fmt: skip
     curves = {"loss": {f"stage {name[-1]}": stage.history[:, 0].cpu() for name, stage in result.stages.items()}}
     frames = {name: stage.frames.clamp(0, 1) for name, stage in result.stages.items()} if save else {}

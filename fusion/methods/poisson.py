@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fusion.energies.poisson import poisson_energy, region_edges
@@ -167,9 +166,8 @@ def _spectral(fg, bg, mask, mixed):
     # Work on each box plus a one-pixel margin. Edge replication of the image gives the margin where a box meets
     # the image border: the differences into the margin are then zero (the Neumann condition of the image) and
     # the Dirichlet ghost there is the border pixel's own background value.
-    fp, bp, mp = (F.pad(x, (1, 1, 1, 1), mode="replicate") for x in (fg, bg, mask))
     solved = []
-    for f, b, m in zip(*(groups.gather(x, margin=1, offset=1) for x in (fp, bp, mp))):
+    for f, b, m in zip(*(groups.gather(x, margin=1, replicate=True) for x in (fg, bg, mask))):
         g_fg = grad(f, bc="neumann")
         g_bg = grad(b, bc="neumann")
         inner = _mixed_choice(g_fg, g_bg) if mixed else g_fg

@@ -4,6 +4,10 @@
 ``(B, C, H, W)`` panels in [0, 1]: at each validation it lays the first batch out as a grid (one row per sample,
 one column per panel) and hands it to every logger — ``log_image`` for Weights & Biases, ``add_image`` for
 TensorBoard, and a PNG under ``<log_dir>/images/`` for any other logger (e.g. CSV).
+
+:class:`AtomicCheckpointIO` is the trainer's checkpoint writer: every checkpoint (``last.ckpt``, the best one, the
+requeue checkpoints) is written to a temporary file beside its target, flushed to disk and renamed over it, so a job
+killed mid-write (pre-emption, a time limit) leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -13,10 +17,31 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from fusion.data.io import write_image
+from fusion.data.io import atomic_output, write_image
 
-__all__ = ["ImageGridLogger", "image_grid"]
+__all__ = ["AtomicCheckpointIO", "ImageGridLogger", "image_grid"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file in the checkpoint's own folder, ``fsync``, then ``os.replace``.
+
+    Lightning's own writer stages the file in the system's temporary folder and moves it; when that folder is on
+    another file system than the run (a node-local ``/tmp``, a shared run folder) the move is a copy into the
+    target, which a kill can cut short. Here the rename never leaves the folder, so the target always holds either
+    the old or the new checkpoint. Paths with a URL scheme (``s3://``, ...) are left to Lightning.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        import os
+
+        with atomic_output(Path(path)) as tmp, open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def image_grid(panels: dict[str, torch.Tensor], *, padding: int = 2) -> torch.Tensor:

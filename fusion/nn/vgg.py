@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torchvision.models.vgg import cfgs, make_layers
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -169,6 +168,8 @@ class VGG16Features(nn.Module):
             raise ValueError(f"unknown VGG16 layer(s) {unknown}; expected names from {list(VGG16_LAYERS)}")
         self.layers = layers
         last = max(VGG16_LAYERS[name] for name in layers)
+        from torchvision.models.vgg import cfgs, make_layers  # imported here: torchvision.models takes a second
+
         trunk = make_layers(cfgs["D"], batch_norm=False)[: last + 1]
         if isinstance(vgg_weights, str) and vgg_weights == "random":
             _random_init(trunk, torch.Generator().manual_seed(seed))

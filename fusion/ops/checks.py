@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,9 +24,17 @@ def check_image(x: object, name: str, *, channels: int | None = None) -> torch.T
         raise ValueError(f"{name} has an empty axis: shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channel(s), got {x.shape[1]}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    _finite_range(x, name)
     return x
+
+
+def _finite_range(x: torch.Tensor, name: str) -> tuple[float, float]:
+    """``(min, max)`` of ``x`` in one pass and one host sync, or ``ValueError`` for NaN or Inf values (a NaN
+    propagates to both, an infinity is the min or the max; a fraction of the cost of ``isfinite(x).all()``)."""
+    low, high = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return low, high
 
 
 def check_same_size(**tensors: torch.Tensor) -> None:
@@ -46,9 +56,15 @@ def check_batch(**tensors: torch.Tensor) -> int:
 
 def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
     """A ``(B, 1, H, W)`` finite tensor in [0, 1] with, per sample, some pixel in and some pixel out (> 0.5)."""
-    mask = check_image(mask, name, channels=1)
-    if bool((mask < 0).any()) or bool((mask > 1).any()):
-        raise ValueError(f"{name} values must lie in [0, 1], got range [{mask.min().item():g}, {mask.max().item():g}]")
+    if isinstance(mask, torch.Tensor) and torch.is_floating_point(mask) and mask.ndim == 4 and min(mask.shape) > 0:
+        if mask.shape[1] != 1:
+            raise ValueError(f"{name} must have 1 channel(s), got {mask.shape[1]}")
+        low, high = _finite_range(mask, name)
+    else:
+        mask = check_image(mask, name, channels=1)  # raises the error of what is wrong
+        low, high = _finite_range(mask, name)
+    if low < 0 or high > 1:
+        raise ValueError(f"{name} values must lie in [0, 1], got range [{low:g}, {high:g}]")
     return check_mask_coverage(mask, name)
 
 

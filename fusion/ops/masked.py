@@ -80,11 +80,13 @@ class BoxGroups:
             self.groups.append((samples, top, left, h, w))
 
     @staticmethod
-    def _index(group, channels: int, margin: int, offset: int):
+    def _index(group, channels: int, margin: int, offset: int, clamp: tuple[int, int] | None = None):
         samples, top, left, h, w = group
         dev = samples.device
         rows = top[:, None] + (offset - margin) + torch.arange(h + 2 * margin, device=dev)
         cols = left[:, None] + (offset - margin) + torch.arange(w + 2 * margin, device=dev)
+        if clamp is not None:
+            rows, cols = rows.clamp(0, clamp[0] - 1), cols.clamp(0, clamp[1] - 1)
         return (
             samples[:, None, None, None],
             torch.arange(channels, device=dev)[None, :, None, None],
@@ -92,9 +94,16 @@ class BoxGroups:
             cols[:, None, None, :],
         )
 
-    def gather(self, x: torch.Tensor, *, margin: int = 0, offset: int = 0) -> list[torch.Tensor]:
-        """Per group, the crops of ``x`` over each box grown by ``margin``, in an image padded by ``offset``."""
-        return [x[self._index(g, x.shape[1], margin, offset)] for g in self.groups]
+    def gather(
+        self, x: torch.Tensor, *, margin: int = 0, offset: int = 0, replicate: bool = False
+    ) -> list[torch.Tensor]:
+        """Per group, the crops of ``x`` over each box grown by ``margin``, in an image padded by ``offset``.
+
+        ``replicate``: where a grown box leaves the image, repeat its edge pixels (the crops of ``x`` padded by
+        edge replication, without padding the whole image).
+        """
+        clamp = tuple(x.shape[-2:]) if replicate else None
+        return [x[self._index(g, x.shape[1], margin, offset, clamp)] for g in self.groups]
 
     def scatter(self, out: torch.Tensor, crops: list[torch.Tensor]) -> torch.Tensor:
         """Write the per-group box crops into ``out`` (in place) and return it."""

@@ -21,6 +21,11 @@ MODULES = {
     "osmosis": "OsmosisBlend",
     "ot": "OTInterpolate",
     "poisson": "PoissonBlend",
+    "paste": "PasteBlend",
+    "feather": "FeatherBlend",
+    "laplacian_pyramid": "LaplacianPyramidBlend",
+    "mpb": "MPBBlend",
+    "msb": "MSBBlend",
 }
 
 
