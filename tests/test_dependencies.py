@@ -60,3 +60,15 @@ def test_runtime_imports_are_runtime_dependencies() -> None:
 def test_dockerfile_installs_the_runtime_dependencies() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text and " -e ." in text  # the project itself, hence [project.dependencies]
+
+
+def test_the_configuration_stack_is_a_release() -> None:
+    """A pre-release specifier in a plugin's requirements lets pip pick a release candidate of hydra-core (and of
+    omegaconf with it); pyproject's bound keeps the tested release series."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    for package in ("hydra-core", "omegaconf"):
+        assert not Version(version(package)).is_prerelease, (package, version(package))
+    assert Version(version("hydra-core")) < Version("1.4")
