@@ -267,10 +267,15 @@ def test_trainer_plugins_under_slurm_and_submitit(monkeypatch) -> None:
 def test_multi_node_ddp_under_slurm(monkeypatch, tmp_path: Path) -> None:
     """``srun python train.py trainer=ddp trainer.num_nodes=2 trainer.devices=4``: task 5 of 8 is rank 5 on node 1,
     and its DDP strategy writes checkpoints atomically (no processes are started: the trainer is only built)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from fusion.models.callbacks import AtomicCheckpointIO
     from fusion.pipeline import _trainer_plugins
     from fusion.runs import instantiate
 
+    # building the trainer makes this process "rank 5" for Lightning's rank-zero-only logging: undone at teardown,
+    # or the later trainings of this test session would log (and write their image grids) as a non-zero rank
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     slurm = {"SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}
     slurm |= {"SLURM_NODEID": "1", "SLURM_NODELIST": "node[1-2]", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "9"}
     for key, value in slurm.items():
@@ -285,6 +290,7 @@ def test_multi_node_ddp_under_slurm(monkeypatch, tmp_path: Path) -> None:
     assert trainer.strategy.cluster_environment.main_address == "node1"
     assert trainer.strategy.cluster_environment.auto_requeue
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert rank_zero_only.rank == 5
 
 
 def test_a_named_run_started_again_gets_its_folder_back(tmp_path: Path, monkeypatch) -> None:
