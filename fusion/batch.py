@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from fusion import ConvergenceWarning
 from fusion.batch_items import Item, read_folders, read_manifest
 from fusion.batch_writer import OutputWriter, Progress, writer_threads
 from fusion.data.io import (
@@ -62,7 +60,7 @@ from fusion.infer_files import (
     result_depth,
     write_extras,
 )
-from fusion.methods import MethodOutput, MethodSpec, method_spec, place_source
+from fusion.methods import MethodOutput, MethodSpec, checked_result, method_spec, place_source, recorded_convergence
 
 __all__ = ["EXIT_ITEMS_FAILED", "BatchIncomplete", "Item", "infer_batch", "read_folders", "read_manifest"]
 
@@ -292,25 +290,15 @@ class _Runner:
         fg, bg = _stack(samples, "fg", self.device), _stack(samples, "bg", self.device)
         mask = None if samples[0]["mask"] is None else torch.stack([s["mask"] for s in samples]).to(self.device)
         converged, notes = [True] * len(samples), [""] * len(samples)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            with torch.no_grad():
-                output = self.spec.fn(fg, bg, mask, **self.params)
-        for warning in caught:
-            if not issubclass(warning.category, ConvergenceWarning):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-                continue
-            which = list(getattr(warning.message, "samples", None) or range(len(samples)))
+        with recorded_convergence() as found, torch.no_grad():
+            output = self.spec.fn(fg, bg, mask, **self.params)
+        for warning in found:
+            which = list(getattr(warning, "samples", None) or range(len(samples)))
             for k, i in enumerate(which):
                 if 0 <= i < len(samples):
                     converged[i] = False
-                    notes[i] = _item_warning(warning.message, k, len(which))
-        if not isinstance(output, MethodOutput):
-            raise TypeError(f"method {self.spec.name!r} returned {type(output).__name__}, not a MethodOutput")
-        result = output.result
-        if not isinstance(result, torch.Tensor) or result.shape != bg.shape:
-            shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-            raise RuntimeError(f"method {self.spec.name!r} returned {shape}, expected {tuple(bg.shape)}")
+                    notes[i] = _item_warning(warning, k, len(which))
+        checked_result(self.spec.name, output, bg.shape)
         return output, converged, notes
 
     def compute(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:

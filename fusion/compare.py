@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from fusion import ConvergenceWarning
 from fusion.batch_items import Item, read_manifest
 from fusion.cli import CONFIG_DIR, check_overrides, exit_on_input_error, prepare_run, run_cli
 from fusion.compare_gallery import save_gallery
@@ -45,7 +43,14 @@ from fusion.compare_metrics import METRICS, blend_metrics, markdown_table, summa
 from fusion.data.io import output_set, read_image, read_mask
 from fusion.errors import one_line
 from fusion.infer_files import check_inputs, check_output_path, check_outputs, input_paths, parse_offset, resolve_device
-from fusion.methods import MethodOutput, MethodSpec, available_methods, method_spec, place_source
+from fusion.methods import (
+    MethodSpec,
+    available_methods,
+    checked_result,
+    method_spec,
+    place_source,
+    recorded_convergence,
+)
 
 __all__ = [
     "COLUMNS",
@@ -190,25 +195,15 @@ def _call(run: MethodRun, fg: torch.Tensor, bg: torch.Tensor, mask: torch.Tensor
     start = time.perf_counter()
     converged, notes = [True] * batch, []
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            with torch.no_grad():
-                output = run.spec.fn(fg, bg, mask, **run.params)
+        with recorded_convergence() as found, torch.no_grad():
+            output = run.spec.fn(fg, bg, mask, **run.params)
         seconds = (time.perf_counter() - start) / batch
-        for warning in caught:
-            if not issubclass(warning.category, ConvergenceWarning):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-                continue
-            notes.append(one_line(str(warning.message)))
-            for i in getattr(warning.message, "samples", None) or range(batch):
+        for warning in found:
+            notes.append(one_line(str(warning)))
+            for i in getattr(warning, "samples", None) or range(batch):
                 if 0 <= i < batch:
                     converged[i] = False
-        if not isinstance(output, MethodOutput):
-            raise TypeError(f"method {run.name!r} returned {type(output).__name__}, not a MethodOutput")
-        result = output.result
-        if not isinstance(result, torch.Tensor) or result.shape != bg.shape:
-            shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-            raise RuntimeError(f"method {run.name!r} returned {shape}, expected {tuple(bg.shape)}")
+        result = checked_result(run.name, output, bg.shape)
         if not bool(torch.isfinite(result).all()):
             raise RuntimeError(f"method {run.name!r} returned NaN or Inf values")
     except Exception as err:  # one method failing must not stop the comparison

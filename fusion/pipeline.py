@@ -33,7 +33,7 @@ from fusion.infer_files import (
     result_depth,
     write_extras,
 )
-from fusion.methods import MethodOutput, method_spec, place_source
+from fusion.methods import checked_result, method_spec, place_source
 from fusion.runs import (
     check_state_fits,
     check_target,
@@ -120,14 +120,7 @@ def infer(cfg: DictConfig) -> dict[str, Path]:
         params[network] = load_network(to_load[option], key=network).to(device)
     with torch.no_grad():
         output = spec.fn(fg, bg, mask, **params)
-    if not isinstance(output, MethodOutput):
-        raise TypeError(
-            f"method {spec.name!r} returned {type(output).__name__}; a registered adapter returns a MethodOutput"
-        )
-    result = output.result
-    if not isinstance(result, torch.Tensor) or result.shape != bg.shape:
-        shape = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-        raise RuntimeError(f"method {name!r} returned {shape}, expected a tensor of shape {tuple(bg.shape)}")
+    result = checked_result(spec.name, output, bg.shape)
     if not bool(torch.isfinite(result).all()):
         raise RuntimeError(f"method {name!r} returned NaN or Inf values")
 

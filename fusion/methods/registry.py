@@ -10,10 +10,15 @@ functions of a method follow :mod:`fusion.methods.contract`.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
+
+from fusion import ConvergenceWarning
 
 Method = Callable[..., "MethodOutput"]
 
@@ -103,3 +108,44 @@ def method_spec(name: str) -> MethodSpec:
 def get_method(name: str) -> Method:
     """The function registered as ``name``; ``ValueError`` naming the known ones otherwise."""
     return method_spec(name).fn
+
+
+def checked_result(name: str, output: object, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The result of a registered adapter's ``output``, checked: a :class:`MethodOutput` whose ``result`` is a
+    tensor of ``shape`` (the background's); ``TypeError`` / ``RuntimeError`` naming the method otherwise.
+
+    Example:
+        >>> checked_result("paste", MethodOutput(torch.zeros(1, 3, 2, 2)), (1, 3, 2, 2)).shape
+        torch.Size([1, 3, 2, 2])
+    """
+    if not isinstance(output, MethodOutput):
+        raise TypeError(
+            f"method {name!r} returned {type(output).__name__}; a registered adapter returns a MethodOutput"
+        )
+    result = output.result
+    if not isinstance(result, torch.Tensor) or result.shape != tuple(shape):
+        got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+        raise RuntimeError(f"method {name!r} returned {got}, expected a tensor of shape {tuple(shape)}")
+    return result
+
+
+@contextlib.contextmanager
+def recorded_convergence() -> Iterator[list[ConvergenceWarning]]:
+    """Collect every :class:`fusion.ConvergenceWarning` raised in the block (repeats included) into the yielded
+    list, filled when the block ends; any other warning is raised again as it was.
+
+    Example:
+        >>> with recorded_convergence() as found:
+        ...     warnings.warn(ConvergenceWarning("stopped", samples=[1], batch=2))
+        >>> [list(w.samples) for w in found]
+        [[1]]
+    """
+    found: list[ConvergenceWarning] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield found
+    for warning in caught:
+        if issubclass(warning.category, ConvergenceWarning):
+            found.append(warning.message)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

@@ -69,3 +69,19 @@ def test_the_readme_recipe_for_a_new_method_runs(tmp_path: Path) -> None:
     mask = (read_mask(SAMPLES_DIR / "mask.png") > 0.5).float()
     expected = mask * (0.25 * fg + 0.75 * bg) + (1 - mask) * bg
     assert torch.allclose(read_image(out), expected, atol=1 / 255)
+
+
+def test_checked_result_names_the_method_and_what_is_wrong() -> None:
+    import pytest
+    import torch
+
+    from fusion.methods import MethodOutput, checked_result
+
+    good = torch.zeros(2, 3, 4, 5)
+    assert checked_result("m", MethodOutput(good), good.shape) is good
+    with pytest.raises(TypeError, match="method 'm' returned Tensor; a registered adapter returns a MethodOutput"):
+        checked_result("m", good, good.shape)
+    with pytest.raises(RuntimeError, match=r"method 'm' returned \(2, 3, 4, 4\), expected a tensor of shape"):
+        checked_result("m", MethodOutput(good[..., :4]), good.shape)
+    with pytest.raises(RuntimeError, match="returned list"):
+        checked_result("m", MethodOutput([good]), good.shape)
